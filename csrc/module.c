@@ -43,7 +43,7 @@ static int nx_exec(PyObject *module)
         return -1;
     }
     if (nx_add_checkpoint_functions(module) < 0 || nx_add_plans_functions(module) < 0 ||
-        nx_add_thread_functions(module) < 0) {
+        nx_add_thread_functions(module) < 0 || nx_add_metadata_functions(module) < 0) {
         return -1;
     }
     return 0;

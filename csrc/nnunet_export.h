@@ -42,5 +42,6 @@ static inline nx_state *nx_get_state(PyObject *module)
 int nx_add_checkpoint_functions(PyObject *module);
 int nx_add_plans_functions(PyObject *module);
 int nx_add_thread_functions(PyObject *module);
+int nx_add_metadata_functions(PyObject *module);
 
 #endif /* NNUNET_EXPORT_H */

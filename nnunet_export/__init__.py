@@ -11,6 +11,7 @@ from ._core import (
     WeightsMismatchError,
     __version__,
 )
+from . import _torch_abi  # noqa: F401  (binds libtorch's stable C ABI once, at import)
 
 __all__ = [
     "CheckpointError",

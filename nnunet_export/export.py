@@ -1,0 +1,264 @@
+"""to_torchscript / to_exported_program: verified, self-describing files written atomically."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+from ._core import ExportError, ThreadGuard
+from .atomic_write import atomic_output, check_output_path
+from .metadata import METADATA_NAME, build_metadata, metadata_json
+from .prefixes import unwrap_module
+
+DEFAULT_TOLERANCE = 1e-6
+
+
+class VerificationError(ExportError):
+    """The exported file does not reproduce the eager module; no file was written."""
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how it was checked."""
+
+    path: str
+    file_format: str
+    method: str
+    verified: bool
+    max_abs_diff: float | None
+    input_shapes: list = field(default_factory=list)
+    parameters: int = 0
+    weight_bytes: int = 0
+    file_bytes: int = 0
+    seconds: float = 0.0
+    weights_sha256: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [
+            ("file", self.path),
+            ("format", f"{self.file_format} ({self.method})"),
+            ("parameters", f"{self.parameters:,}"),
+            ("size", f"{self.file_bytes / 2**20:.2f} MiB (weights {self.weight_bytes / 2**20:.2f} MiB)"),
+            ("verified", "no (verify=False)" if not self.verified else
+             f"max |diff| {self.max_abs_diff:.3g} on inputs {', '.join(str(tuple(s)) for s in self.input_shapes)}"),
+            ("time", f"{self.seconds:.2f} s"),
+        ] + [(f"sha256 fold {fold}", digest) for fold, digest in self.weights_sha256.items()]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _as_model(module_or_model_dir, load_kwargs: dict):
+    from .loading import load_complete
+    from .model import NnUNetModel
+
+    if isinstance(module_or_model_dir, (str, os.PathLike)):
+        return load_complete(module_or_model_dir, **load_kwargs)
+    module = unwrap_module(module_or_model_dir)
+    if isinstance(module, NnUNetModel):
+        return module
+    raise ExportError(
+        f"to_torchscript needs a model folder or the module load_complete returned, got "
+        f"{type(module_or_model_dir).__name__}; for a bare network use "
+        "nnunet_export.complete(predictor) or load_complete(model_dir)"
+    )
+
+
+def verification_inputs(model, device: torch.device) -> list[torch.Tensor]:
+    """Deterministic inputs: one of patch size and one of another stride-divisible size."""
+    cfg = model.info.config
+    patch = [int(p) for p in cfg.patch_size]
+    strides = cfg.architecture["arch_kwargs"].get("strides") or [[1] * len(patch)]
+    factor = [1] * len(patch)
+    for stride in strides:
+        stride = [stride] * len(patch) if isinstance(stride, int) else stride
+        factor = [f * int(s) for f, s in zip(factor, stride)]
+    # The smaller stride-divisible neighbour keeps verification cheap; grow when none exists.
+    other = [p - f if p - f >= f else p + f for p, f in zip(patch, factor)]
+    generator = torch.Generator().manual_seed(20240601)
+    shapes = [(1, cfg.num_input_channels, *patch), (1, cfg.num_input_channels, *other)]
+    return [torch.randn(s, generator=generator).to(device) for s in shapes]
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    return float((a.double() - b.double()).abs().max())
+
+
+def _check_weights_bitwise(eager: torch.nn.Module, loaded: Any, path: Path) -> None:
+    eager_sd = eager.state_dict()
+    loaded_sd = loaded.state_dict()
+    if set(eager_sd) != set(loaded_sd):
+        missing = sorted(set(eager_sd) - set(loaded_sd))[:5]
+        extra = sorted(set(loaded_sd) - set(eager_sd))[:5]
+        raise VerificationError(f"{path}: exported weights differ in names: missing {missing}, extra {extra}")
+    for key, tensor in eager_sd.items():
+        other = loaded_sd[key]
+        if other.dtype != tensor.dtype or other.shape != tensor.shape or not torch.equal(
+            other.detach().cpu().contiguous().view(torch.uint8) if other.dtype != torch.bool else other.cpu(),
+            tensor.detach().cpu().contiguous().view(torch.uint8) if tensor.dtype != torch.bool else tensor.cpu(),
+        ):
+            raise VerificationError(f"{path}: exported weight {key!r} is not bit-identical to the checkpoint's")
+
+
+def _verify(model, loaded, path: Path, tolerance: float, device: torch.device, check_weights: bool):
+    inputs = verification_inputs(model, device)
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            expected = model(x)
+            got = loaded(x)
+            diff = _max_abs_diff(expected, got)
+            if not diff <= tolerance:
+                raise VerificationError(
+                    f"{path}: the exported model differs from the eager module by {diff:.3g} "
+                    f"(> {tolerance:g}) on an input of shape {tuple(x.shape)}; no file was written"
+                )
+            worst = max(worst, diff)
+    if check_weights:
+        _check_weights_bitwise(model, loaded, path)
+    return worst, [tuple(x.shape) for x in inputs]
+
+
+def _choose_method(model, method: str, say) -> str:
+    if method not in ("auto", "script", "trace"):
+        raise ExportError(f"method must be 'auto', 'script' or 'trace', got {method!r}")
+    if method == "script" and not model.info.scriptable:
+        raise ExportError(f"method='script' is impossible: {model.info.not_scriptable_reason}")
+    if method == "auto":
+        if model.info.scriptable:
+            return "script"
+        say(f"tracing instead of scripting: {model.info.not_scriptable_reason}")
+        return "trace"
+    return method
+
+
+def to_torchscript(
+    module_or_model_dir,
+    path: Union[str, os.PathLike],
+    *,
+    method: str = "auto",
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Callable[[str], Any] | None = None,
+    **load_kwargs,
+) -> ExportReport:
+    """Export a loaded model (or a model folder) to a verified TorchScript file.
+
+    The file is written atomically (a temporary file in the same folder, fsynced, renamed) and
+    carries ``extra/nnunet_export.json`` (see :func:`read_metadata`). With ``verify`` the
+    written file is reloaded with ``torch.jit.load``, run on deterministic inputs of patch size
+    and of another stride-divisible size and compared with the eager module, and every weight
+    is compared bit for bit; on failure nothing is written and an existing file is untouched.
+
+    Args:
+        module_or_model_dir: the module ``load_complete`` returned (also inside a
+            ``torch.compile``/DDP wrapper), or a model folder (``load_kwargs`` go to
+            ``load_complete``: folds, checkpoint_name, device, configuration, num_threads).
+        path: the output file (``.pt``).
+        method: ``"auto"`` scripts the package's own architectures and traces the rest;
+            ``"script"`` or ``"trace"`` force one.
+        verify: reload and compare (default on).
+        tolerance: largest accepted max-abs difference of the logits.
+        progress: called with one line per step (e.g. ``print``).
+
+    Returns:
+        An :class:`ExportReport` (``print(report.table())``).
+
+    Raises:
+        ExportError subclasses: OutputPathError, VerificationError, and everything
+        ``load_complete`` raises.
+
+    Example:
+        >>> model = nnunet_export.load_complete(model_dir, folds=0)  # doctest: +SKIP
+        >>> print(nnunet_export.to_torchscript(model, "model.pt").table())  # doctest: +SKIP
+    """
+    say = progress or (lambda line: None)
+    path = Path(path)
+    check_output_path(path)
+    started = time.perf_counter()
+    with ThreadGuard(load_kwargs.get("num_threads")):
+        model = _as_model(module_or_model_dir, load_kwargs)
+        model.eval()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        chosen = _choose_method(model, method, say)
+        with torch.no_grad():
+            if chosen == "script":
+                compiled = torch.jit.script(model)
+            else:
+                example = verification_inputs(model, device)[0]
+                compiled = torch.jit.trace(model, (example,), check_trace=False)
+        metadata = build_metadata(model, method=chosen, file_format="torchscript")
+        with atomic_output(path) as tmp:
+            torch.jit.save(compiled, str(tmp), _extra_files={METADATA_NAME: metadata_json(metadata)})
+            max_diff, shapes = None, []
+            if verify:
+                say(f"verifying {path.name}")
+                loaded = torch.jit.load(str(tmp), map_location=device)
+                max_diff, shapes = _verify(model, loaded, path, tolerance, device, check_weights=True)
+            file_bytes = tmp.stat().st_size
+    return ExportReport(
+        path=str(path), file_format="torchscript", method=chosen, verified=verify,
+        max_abs_diff=max_diff, input_shapes=shapes, parameters=metadata["parameters"],
+        weight_bytes=metadata["weight_bytes"], file_bytes=file_bytes,
+        seconds=time.perf_counter() - started, weights_sha256=metadata["weights_sha256"],
+    )
+
+
+def to_exported_program(
+    module_or_model_dir,
+    path: Union[str, os.PathLike],
+    *,
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Callable[[str], Any] | None = None,
+    **load_kwargs,
+) -> ExportReport:
+    """Export to a ``torch.export`` ``.pt2`` file with the same metadata and verification.
+
+    TorchScript is deprecated upstream; this is the forward-looking format. The program is
+    exported for the patch size (static shapes), so verification uses the patch-size input.
+
+    Example:
+        >>> nnunet_export.to_exported_program(model, "model.pt2")  # doctest: +SKIP
+    """
+    say = progress or (lambda line: None)
+    path = Path(path)
+    check_output_path(path)
+    started = time.perf_counter()
+    with ThreadGuard(load_kwargs.get("num_threads")):
+        model = _as_model(module_or_model_dir, load_kwargs)
+        model.eval()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        example = verification_inputs(model, device)[0]
+        with torch.no_grad():
+            program = torch.export.export(model, (example,))
+        metadata = build_metadata(model, method="torch.export", file_format="pt2")
+        with atomic_output(path) as tmp:
+            torch.export.save(program, str(tmp), extra_files={METADATA_NAME: metadata_json(metadata).decode()})
+            max_diff, shapes = None, []
+            if verify:
+                say(f"verifying {path.name}")
+                loaded = torch.export.load(str(tmp)).module()
+                with torch.no_grad():
+                    expected = model(example)
+                    got = loaded(example)
+                max_diff = _max_abs_diff(expected, got)
+                shapes = [tuple(example.shape)]
+                if not max_diff <= tolerance:
+                    raise VerificationError(
+                        f"{path}: the exported program differs from the eager module by "
+                        f"{max_diff:.3g} (> {tolerance:g}); no file was written"
+                    )
+            file_bytes = tmp.stat().st_size
+    return ExportReport(
+        path=str(path), file_format="pt2", method="torch.export", verified=verify,
+        max_abs_diff=max_diff, input_shapes=shapes, parameters=metadata["parameters"],
+        weight_bytes=metadata["weight_bytes"], file_bytes=file_bytes,
+        seconds=time.perf_counter() - started, weights_sha256=metadata["weights_sha256"],
+    )

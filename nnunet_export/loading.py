@@ -1,0 +1,220 @@
+"""load_complete: every requested fold's weights read at call time, checked, and loaded into
+one ready-to-export module. Nothing is deferred to a later call."""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import torch
+
+from ._core import CheckpointError, ExportError, ThreadGuard
+from .folds import (
+    Fold,
+    FoldsArg,
+    ModelFolderError,
+    checkpoint_file,
+    detect_folds,
+    normalize_folds,
+    resolve_model_dir,
+)
+from .prefixes import strip_state_dict_prefixes
+from .weights import check_state_dict_fits, weights_sha256
+
+# <Trainer>__<Plans>__<configuration>, as nnU-Net names its output folders.
+_MODEL_DIR_NAME = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
+
+_CHECKPOINT_KEYS = ["network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes"]
+
+
+class FoldMismatchError(ExportError):
+    """The folds of one model folder disagree (trainer, configuration, keys or shapes)."""
+
+
+@dataclass(frozen=True)
+class FoldWeights:
+    fold: Fold
+    path: Path
+    trainer_name: str
+    configuration: str
+    mirroring_axes: tuple[int, ...] | None
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
+
+
+def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights:
+    from .checkpoint import read_checkpoint
+
+    path = checkpoint_file(model_dir, fold, checkpoint_name)
+    content = read_checkpoint(path, keys=_CHECKPOINT_KEYS)
+    init_args = content.get("init_args") or {}
+    trained_fold = init_args.get("fold")
+    if trained_fold is not None and str(trained_fold) != str(fold):
+        raise FoldMismatchError(
+            f"{path} lies in fold_{fold} but was trained as fold {trained_fold!r}: "
+            "a checkpoint was copied into the wrong fold folder"
+        )
+    configuration = init_args.get("configuration")
+    if not isinstance(configuration, str):
+        raise CheckpointError(f"{path}: init_args['configuration'] is missing or not a str")
+    trainer_name = content.get("trainer_name")
+    if not isinstance(trainer_name, str):
+        raise CheckpointError(f"{path}: 'trainer_name' is missing or not a str")
+    axes = content.get("inference_allowed_mirroring_axes")
+    state_dict = strip_state_dict_prefixes(content["network_weights"])
+    return FoldWeights(
+        fold=fold,
+        path=path,
+        trainer_name=trainer_name,
+        configuration=configuration,
+        mirroring_axes=tuple(int(a) for a in axes) if axes is not None else None,
+        state_dict=state_dict,
+        sha256=weights_sha256(state_dict),
+    )
+
+
+def _check_folds_agree(folds: Sequence[FoldWeights]) -> None:
+    first = folds[0]
+    for other in folds[1:]:
+        for what in ("trainer_name", "configuration", "mirroring_axes"):
+            if getattr(other, what) != getattr(first, what):
+                raise FoldMismatchError(
+                    f"fold {other.fold} has {what} {getattr(other, what)!r} but fold {first.fold} "
+                    f"has {getattr(first, what)!r} ({other.path} vs {first.path})"
+                )
+        shapes = {k: (tuple(v.shape), v.dtype) for k, v in first.state_dict.items()}
+        other_shapes = {k: (tuple(v.shape), v.dtype) for k, v in other.state_dict.items()}
+        if shapes != other_shapes:
+            differing = sorted(set(shapes) ^ set(other_shapes)) or sorted(
+                k for k in shapes if shapes[k] != other_shapes[k])
+            raise FoldMismatchError(
+                f"fold {other.fold} ({other.path}) holds different weights than fold {first.fold}: "
+                f"{len(differing)} keys differ in name, shape or dtype, e.g. {differing[:5]}"
+            )
+
+
+def _check_folder_name(model_dir: Path, fold: FoldWeights) -> None:
+    match = _MODEL_DIR_NAME.match(model_dir.name)
+    if match is None:
+        return  # a renamed folder is fine; the checkpoint and plans are authoritative
+    if match["configuration"] != fold.configuration:
+        raise FoldMismatchError(
+            f"{fold.path} was trained with configuration {fold.configuration!r} but lies in "
+            f"{model_dir.name!r} (configuration {match['configuration']!r})"
+        )
+    if match["trainer"] != fold.trainer_name:
+        raise FoldMismatchError(
+            f"{fold.path} was trained by {fold.trainer_name!r} but lies in {model_dir.name!r} "
+            f"(trainer {match['trainer']!r})"
+        )
+
+
+def load_complete(
+    model_dir: Union[str, os.PathLike],
+    folds: FoldsArg = None,
+    checkpoint_name: str = "checkpoint_final.pth",
+    device: Union[str, torch.device] = "cpu",
+    *,
+    configuration: str | None = None,
+    num_threads: int | None = None,
+    progress: Callable[[str], Any] | None = None,
+):
+    """Load a trained nnU-Net model folder into one complete, ready-to-export module.
+
+    Every requested fold's ``network_weights`` is read at call time through the safe C reader
+    (nothing in the checkpoint is executed, the optimizer state is never read), all folds are
+    checked against each other and against the plans, and the network is filled strictly.
+    torch's thread count, cudnn.benchmark, grad mode and default dtype are the same after the
+    call as before it, also when it raises.
+
+    Args:
+        model_dir: a ``<Trainer>__<Plans>__<configuration>`` folder, or one of its ``fold_X``.
+        folds: None (detect ``fold_N`` folders holding the checkpoint, like nnU-Net; never
+            ``fold_all``), an int, ``"all"``, or a sequence of those.
+        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_best.pth`` (or any file name).
+        device: where the returned module lives.
+        configuration: if given, must match the configuration the checkpoints were trained with.
+        num_threads: bounds torch's intra-op threads during the call (restored afterwards).
+        progress: called with one line per step (e.g. ``print``) for long loads.
+
+    Returns:
+        An :class:`nnunet_export.model.NnUNetModel` in eval mode, deep supervision off,
+        ``requires_grad=False``, on ``device``. Several folds give one module averaging the
+        folds' logits as nnU-Net does.
+
+    Raises:
+        ModelFolderError, CheckpointError, UnsafeCheckpointError, PlansError,
+        FoldMismatchError, WeightsMismatchError (all ``ExportError``).
+
+    Example:
+        >>> import nnunet_export
+        >>> model = nnunet_export.load_complete("Dataset001_X/nnUNetTrainer__nnUNetPlans__2d",
+        ...                                     folds=0)  # doctest: +SKIP
+        >>> model.to_torchscript("model.pt")  # doctest: +SKIP
+    """
+    with ThreadGuard(num_threads):
+        with torch.no_grad():
+            return _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress)
+
+
+def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress):
+    from .architectures import EnsembleModule, prepare_for_inference
+    from .model import ModelInfo, NnUNetModel
+    from .model_config import read_model_config
+    from .network_builder import build_for_checkpoint
+
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
+    model_dir, fold_from_path = resolve_model_dir(model_dir)
+    requested = normalize_folds(folds)
+    if requested is None:
+        requested = (fold_from_path,) if fold_from_path is not None else detect_folds(model_dir, checkpoint_name)
+    device = torch.device(device)
+
+    fold_weights: list[FoldWeights] = []
+    for index, fold in enumerate(requested):
+        fold_weights.append(_read_fold(model_dir, fold, checkpoint_name))
+        say(f"read fold {fold} ({index + 1}/{len(requested)}): {fold_weights[-1].path}")
+    _check_folds_agree(fold_weights)
+    first = fold_weights[0]
+    _check_folder_name(model_dir, first)
+    if configuration is not None and configuration != first.configuration:
+        raise FoldMismatchError(
+            f"configuration {configuration!r} was requested but {first.path} was trained with "
+            f"{first.configuration!r}"
+        )
+    config = read_model_config(model_dir, first.configuration)
+
+    networks = []
+    built = None
+    for fw in fold_weights:
+        built = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir)
+        expected = built.network.state_dict(keep_vars=True)
+        check_state_dict_fits(expected, fw.state_dict, str(fw.path))
+        built.network.load_state_dict(fw.state_dict, strict=True, assign=True)
+        network = prepare_for_inference(built.network).to(device)
+        networks.append(network)
+        say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")
+    assert built is not None
+    network = networks[0] if len(networks) == 1 else EnsembleModule(networks)
+    info = ModelInfo(
+        model_dir=str(model_dir),
+        config=config,
+        folds=tuple(fw.fold for fw in fold_weights),
+        checkpoint_name=checkpoint_name,
+        checkpoint_paths=tuple(str(fw.path) for fw in fold_weights),
+        trainer_name=first.trainer_name,
+        mirroring_axes=first.mirroring_axes,
+        weights_sha256=tuple(fw.sha256 for fw in fold_weights),
+        scriptable=built.scriptable,
+        not_scriptable_reason=built.not_scriptable_reason,
+        builder=built.builder,
+    )
+    model = NnUNetModel(network, info)
+    model.eval()
+    model.requires_grad_(False)
+    say(f"loaded {len(networks)} fold(s) in {time.perf_counter() - started:.2f} s")
+    return model

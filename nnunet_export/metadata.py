@@ -1,0 +1,105 @@
+"""The self-description stored inside every exported file, written by the C core with cJSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from . import _core
+from ._core import ExportError
+
+METADATA_NAME = "nnunet_export.json"
+METADATA_FORMAT_VERSION = 1
+
+
+class MetadataError(ExportError):
+    """An exported file has no readable nnunet_export metadata."""
+
+
+def _config_dict(config: Any) -> dict:
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    return dict(config)
+
+
+def build_metadata(model, *, method: str, file_format: str) -> dict:
+    """The metadata document of ``model`` (an NnUNetModel) exported with ``method``."""
+    from . import __version__
+
+    info = model.info
+    cfg = _config_dict(info.config)
+    params, nbytes = info.parameter_summary(model.network)
+    spatial = len(cfg["patch_size"])
+    return {
+        "format": "nnunet_export",
+        "format_version": METADATA_FORMAT_VERSION,
+        "file_format": file_format,
+        "export_method": method,
+        "nnunet_export_version": __version__,
+        "torch_version": torch.__version__,
+        "dataset_name": cfg.get("dataset_name"),
+        "plans_name": cfg.get("plans_name"),
+        "configuration": cfg.get("configuration"),
+        "trainer_name": info.trainer_name,
+        "folds": [f if isinstance(f, str) else int(f) for f in info.folds],
+        "checkpoint_name": info.checkpoint_name,
+        "weights_sha256": {str(f): h for f, h in zip(info.folds, info.weights_sha256)},
+        "ensemble": "mean of fold logits" if len(info.folds) > 1 else None,
+        "parameters": params,
+        "weight_bytes": nbytes,
+        "input_layout": "N, C, " + ", ".join("XYZ"[i] if spatial == 3 else "XY"[i] for i in range(spatial))
+        + " (float32, preprocessed as the plans say: transpose_forward, resampling to spacing, "
+        "normalization_schemes)",
+        "output_layout": "N, num_output_channels, same spatial size: logits "
+        + ("(sigmoid per region, regions_class_order)" if cfg.get("has_regions") else "(softmax/argmax over labels)"),
+        "mirroring_axes": list(info.mirroring_axes) if info.mirroring_axes is not None else None,
+        "model_config": cfg,
+    }
+
+
+def metadata_json(metadata: dict) -> bytes:
+    """The metadata document as JSON bytes, produced by the C core's cJSON writer."""
+    return _core.metadata_to_json(metadata)
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> dict:
+    """Read the metadata of a file written by ``to_torchscript`` or ``to_exported_program``.
+
+    Reads only the metadata entry of the file's ZIP container: the model is not loaded and
+    nothing in the file is unpickled.
+
+    Raises:
+        MetadataError: the file is missing, not a ZIP archive, or has no nnunet_export metadata.
+
+    Example:
+        >>> meta = nnunet_export.read_metadata("model.pt")  # doctest: +SKIP
+        >>> meta["configuration"], meta["folds"]  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetadataError(f"{str(path)!r} does not exist or is not a file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_NAME)]
+            if len(names) != 1:
+                raise MetadataError(
+                    f"{str(path)!r} holds no nnunet_export metadata (extra/{METADATA_NAME}): "
+                    "it was not written by nnunet_export"
+                )
+            raw = archive.read(names[0])
+    except zipfile.BadZipFile as err:
+        raise MetadataError(f"{str(path)!r} is not a TorchScript or .pt2 archive: {err}") from None
+    try:
+        document = json.loads(raw)
+    except ValueError as err:
+        raise MetadataError(f"{str(path)!r}: metadata is not valid JSON: {err}") from None
+    if not isinstance(document, dict) or document.get("format") != "nnunet_export":
+        raise MetadataError(f"{str(path)!r}: metadata is not an nnunet_export document")
+    return document

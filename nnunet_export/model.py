@@ -1,0 +1,97 @@
+"""The module load_complete returns: a complete network plus what describes it."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a loaded model came from and what it expects."""
+
+    model_dir: str
+    config: Any  # nnunet_export.model_config.ModelConfig
+    folds: tuple
+    checkpoint_name: str
+    checkpoint_paths: tuple
+    trainer_name: str
+    mirroring_axes: Optional[tuple]
+    weights_sha256: tuple
+    scriptable: bool
+    not_scriptable_reason: Optional[str]
+    builder: str
+
+    def parameter_summary(self, network: torch.nn.Module) -> tuple[int, int]:
+        """(parameter count, unique weight bytes) of ``network``, each tensor counted once."""
+        seen: set[int] = set()
+        count = nbytes = 0
+        for tensor in list(network.parameters()) + list(network.buffers()):
+            key = tensor.data_ptr()
+            if key in seen:
+                continue
+            seen.add(key)
+            nbytes += tensor.numel() * tensor.element_size()
+            if isinstance(tensor, torch.nn.Parameter):
+                count += tensor.numel()
+        return count, nbytes
+
+
+class NnUNetModel(torch.nn.Module):
+    """A trained nnU-Net network (one fold, or an ensemble of folds) with its weights loaded.
+
+    ``forward(x)`` returns the full-resolution logits for ``x`` of shape
+    ``(batch, input_channels, *patch)``. The network itself is ``self.network`` (its state-dict
+    keys are dynamic-network-architectures'); ``self.info`` holds the metadata.
+    """
+
+    # The metadata is Python-only; TorchScript must not try to compile it.
+    __jit_ignored_attributes__ = ["info"]
+
+    def __init__(self, network: torch.nn.Module, info: ModelInfo):
+        super().__init__()
+        self.network = network
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def to_torchscript(self, path, **kwargs):
+        """Export to TorchScript at ``path``; see :func:`nnunet_export.to_torchscript`."""
+        from .export import to_torchscript
+
+        return to_torchscript(self, path, **kwargs)
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        info = self.info
+        cfg = info.config
+        params, nbytes = info.parameter_summary(self.network)
+        rows = [
+            ("architecture", str(cfg.architecture["network_class_name"]).rsplit(".", 1)[-1]),
+            ("configuration", f"{cfg.configuration} ({cfg.plans_name}, {cfg.dataset_name})"),
+            ("trainer", info.trainer_name),
+            ("folds", ", ".join(str(f) for f in info.folds) + f"  [{info.checkpoint_name}]"),
+            ("parameters", f"{params:,} ({nbytes / 2**20:.1f} MiB)"),
+            ("patch size", " x ".join(str(p) for p in cfg.patch_size)),
+            ("channels", f"{cfg.num_input_channels} in, {cfg.num_output_channels} out"),
+            ("labels", ", ".join(f"{k}={v}" for k, v in cfg.labels.items())),
+            ("mirroring axes", str(info.mirroring_axes)),
+            ("scriptable", "yes" if info.scriptable else f"no: {info.not_scriptable_reason}"),
+        ]
+        return rows
+
+    def __repr__(self) -> str:
+        rows = self._summary_rows()
+        width = max(len(k) for k, _ in rows)
+        body = "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+        return f"NnUNetModel(\n{body}\n)"
+
+    def _repr_html_(self) -> str:
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(v)}</td></tr>"
+            for k, v in self._summary_rows()
+        )
+        return f"<table><caption>NnUNetModel</caption>{cells}</table>"

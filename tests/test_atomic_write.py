@@ -1,0 +1,57 @@
+"""Outputs are replaced atomically: a failure leaves no partial file and keeps an existing one."""
+import os
+
+import pytest
+
+from nnunet_export import ExportError
+from nnunet_export.atomic_write import OutputPathError, atomic_output, check_output_path
+
+
+def test_success_replaces_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"
+    assert target.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_failure_keeps_existing_file_and_removes_temporary(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_failure_without_existing_file_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "m.pt") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(OutputPathError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "m.pt")
+    with pytest.raises(OutputPathError, match="is a directory"):
+        check_output_path(tmp_path)
+    assert issubclass(OutputPathError, ExportError)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputPathError, match="not writable"):
+            check_output_path(folder / "m.pt")
+    finally:
+        folder.chmod(0o700)
