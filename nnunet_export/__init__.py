@@ -11,12 +11,15 @@ from ._core import (
     WeightsMismatchError,
     __version__,
 )
+from .model_config import ModelConfig, read_model_config
 
 __all__ = [
     "CheckpointError",
     "ExportError",
+    "ModelConfig",
     "PlansError",
     "UnsafeCheckpointError",
     "WeightsMismatchError",
+    "read_model_config",
     "__version__",
 ]
