@@ -74,7 +74,7 @@ static void plans_list_keys(const cJSON *object, char *buf, size_t n)
  * Returns 0, or -1 with an exception set. */
 static int plans_resolve_chain(const jr_doc *doc, const cJSON *configurations, plans_config *cfg)
 {
-    char path[JR_PATH_MAX], names[1024], chain[1024];
+    char path[JR_PATH_MAX], parent_path[JR_PATH_MAX], names[1024], chain[1024];
     Py_ssize_t count = jr_array_size(configurations); /* counts object members too */
     const char *name = cfg->requested;
 
@@ -93,8 +93,8 @@ static int plans_resolve_chain(const jr_doc *doc, const cJSON *configurations, p
             if (cfg->depth == 0) {
                 return jr_fail(doc, "configurations", kUnknownConfigError, name, names);
             }
-            jr_path_key(path, "configurations", cfg->names[cfg->depth - 1]);
-            jr_path_key(path, path, "inherits_from");
+            jr_path_key(parent_path, "configurations", cfg->names[cfg->depth - 1]);
+            jr_path_key(path, parent_path, "inherits_from");
             return jr_fail(doc, path, kUnknownParentError, name, names);
         }
         jr_path_key(path, "configurations", name);
@@ -108,8 +108,8 @@ static int plans_resolve_chain(const jr_doc *doc, const cJSON *configurations, p
                     if (w < 0) break;
                     used += (size_t)w;
                 }
-                jr_path_key(path, "configurations", cfg->names[cfg->depth - 1]);
-                jr_path_key(path, path, "inherits_from");
+                jr_path_key(parent_path, "configurations", cfg->names[cfg->depth - 1]);
+                jr_path_key(path, parent_path, "inherits_from");
                 return jr_fail(doc, path, kCycleError, chain);
             }
         }
@@ -121,8 +121,8 @@ static int plans_resolve_chain(const jr_doc *doc, const cJSON *configurations, p
         parent = jr_find(object, "inherits_from");
         name = NULL;
         if (parent != NULL) {
-            jr_path_key(path, path, "inherits_from");
-            if (jr_as_string(doc, path, parent, &name) < 0) return -1;
+            jr_path_key(parent_path, path, "inherits_from");
+            if (jr_as_string(doc, parent_path, parent, &name) < 0) return -1;
         }
     }
     return 0;
