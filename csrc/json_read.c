@@ -421,6 +421,7 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
     char child_path[JR_PATH_MAX];
     char found[96];
     Py_ssize_t index = 0;
+    int failed = 0;
 
     if (Py_EnterRecursiveCall(" while converting JSON")) return NULL;
     switch (item->type & 0xFF) {
@@ -435,29 +436,33 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
             jr_describe(item, found, sizeof(found));
             jr_fail(doc, path, kHugeIntError, found);
         } else {
+            /* Integral and within +-2**53: the cast is exact and defined. */
             result = PyLong_FromLongLong((long long)item->valuedouble);
         }
         break;
     case cJSON_String: result = jr_string_to_python(doc, path, item->valuestring); break;
     case cJSON_Array:
         result = PyList_New(0);
-        if (result == NULL) goto bail;
-        for (const cJSON *c = item->child; c != NULL; c = c->next, index++) {
+        for (const cJSON *c = item->child; result != NULL && c != NULL; c = c->next, index++) {
             jr_path_index(child_path, path, index);
             value = jr_to_python(doc, child_path, c);
-            if (value == NULL || PyList_Append(result, value) < 0) goto bail;
+            if (value == NULL || PyList_Append(result, value) < 0) {
+                failed = 1;
+                goto bail;
+            }
             Py_CLEAR(value);
         }
         break;
     case cJSON_Object:
         result = PyDict_New();
-        if (result == NULL) goto bail;
-        for (const cJSON *c = item->child; c != NULL; c = c->next) {
+        for (const cJSON *c = item->child; result != NULL && c != NULL; c = c->next) {
             jr_path_key(child_path, path, c->string);
             key = jr_string_to_python(doc, child_path, c->string);
-            if (key == NULL) goto bail;
-            value = jr_to_python(doc, child_path, c);
-            if (value == NULL || PyDict_SetItem(result, key, value) < 0) goto bail;
+            value = key == NULL ? NULL : jr_to_python(doc, child_path, c);
+            if (value == NULL || PyDict_SetItem(result, key, value) < 0) {
+                failed = 1;
+                goto bail;
+            }
             Py_CLEAR(key);
             Py_CLEAR(value);
         }
@@ -466,12 +471,10 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
         jr_fail(doc, path, kWrongTypeError, "a JSON value", jr_type_name(item));
         break;
     }
-    Py_LeaveRecursiveCall();
-    return result;
 bail:
     Py_LeaveRecursiveCall();
     Py_XDECREF(key);
     Py_XDECREF(value);
-    Py_XDECREF(result);
-    return NULL;
+    if (failed) Py_CLEAR(result);
+    return result;
 }

@@ -362,3 +362,31 @@ def test_no_configuration_before_checkpoint_reader_exists(tmp_path, monkeypatch)
                                f"{model_dir}/fold_0/checkpoint_final.pth yet (nnunet_export.read_checkpoint is "
                                "missing); pass configuration= (for example one of: 2d, 3d_lowres, 3d_fullres, "
                                "3d_cascade_fullres)")
+
+
+# ---- robustness: damaged files never crash, they raise PlansError ----
+
+def test_truncated_and_corrupted_files_raise_plans_error(tmp_path):
+    import random
+
+    model_dir = make(tmp_path)
+    with open(os.path.join(model_dir, "plans.json"), "rb") as f:
+        good = f.read()
+    rng = random.Random(1234)
+    damaged = [good[:n] for n in range(0, len(good), max(1, len(good) // 60))]
+    for _ in range(60):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.choice(b'{}[]",:0123456789.-eE \\x\x00\xff')
+        damaged.append(bytes(data))
+    raised = 0
+    for data in damaged:
+        with open(os.path.join(model_dir, "plans.json"), "wb") as f:
+            f.write(data)
+        try:
+            nnunet_export.read_model_config(model_dir, "3d_cascade_fullres")
+        except PlansError as e:
+            assert "plans.json" in str(e)
+            raised += 1
+    # Truncations always fail; a few byte flips may still leave a valid file (e.g. digit to digit).
+    assert raised >= len(damaged) - 60
