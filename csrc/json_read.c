@@ -384,13 +384,6 @@ int jr_as_int(const jr_doc *doc, const char *path, const cJSON *item, long long 
     return 0;
 }
 
-int jr_as_double(const jr_doc *doc, const char *path, const cJSON *item, double *out)
-{
-    if (jr_expect(doc, path, item, cJSON_Number, "a number") < 0) return -1;
-    *out = item->valuedouble;
-    return 0;
-}
-
 int jr_as_string(const jr_doc *doc, const char *path, const cJSON *item, const char **out)
 {
     if (jr_expect(doc, path, item, cJSON_String, "a string") < 0) return -1;

@@ -21,28 +21,6 @@
 
 #define NX_VERSION "0.1.0"
 
-typedef struct {
-    PyObject *ExportError;           /* base of every error raised for bad user input */
-    PyObject *CheckpointError;       /* unreadable or malformed checkpoint file */
-    PyObject *UnsafeCheckpointError; /* checkpoint asks for a global outside the allowlist */
-    PyObject *PlansError;            /* plans.json / dataset.json problems */
-    PyObject *WeightsMismatchError;  /* state dict does not fit the network */
-    /* checkpoint reader state (owned references, may be NULL until first use) */
-    PyObject *ordered_dict_type;     /* collections.OrderedDict */
-} nx_state;
-
-/* Returns the module state of the _core module `module` (borrowed, never NULL). */
-static inline nx_state *nx_get_state(PyObject *module)
-{
-    return (nx_state *)PyModule_GetState(module);
-}
-
-/* Each concern adds its Python-visible functions to the module.
- * Returns 0 on success, -1 with an exception set. */
-int nx_add_checkpoint_functions(PyObject *module);
-int nx_add_plans_functions(PyObject *module);
-int nx_add_thread_functions(PyObject *module);
-
 /* ---- JSON documents (json_read.c) for the plans reader ----
  * Each failing jr_* function sets doc->error with "<file>: <key path>: <reason>" and returns -1
  * (NULL for functions returning pointers). cJSON nodes are borrowed from the document. */
@@ -74,7 +52,6 @@ int jr_expect(const jr_doc *doc, const char *path, const struct cJSON *item, int
               const char *what);
 int jr_as_int(const jr_doc *doc, const char *path, const struct cJSON *item, long long min,
               long long max, long long *out);
-int jr_as_double(const jr_doc *doc, const char *path, const struct cJSON *item, double *out);
 int jr_as_string(const jr_doc *doc, const char *path, const struct cJSON *item, const char **out);
 Py_ssize_t jr_array_size(const struct cJSON *array);
 PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s);
@@ -87,5 +64,27 @@ const struct cJSON *plans_config_get(const plans_config *cfg, const char *key, c
 int arch_resolve(const jr_doc *plans, const plans_config *cfg, Py_ssize_t ndim, PyObject *out);
 int labels_resolve(const jr_doc *dataset, int is_cascade_stage, Py_ssize_t *num_channels,
                    PyObject *out);
+
+typedef struct {
+    PyObject *ExportError;           /* base of every error raised for bad user input */
+    PyObject *CheckpointError;       /* unreadable or malformed checkpoint file */
+    PyObject *UnsafeCheckpointError; /* checkpoint asks for a global outside the allowlist */
+    PyObject *PlansError;            /* plans.json / dataset.json problems */
+    PyObject *WeightsMismatchError;  /* state dict does not fit the network */
+    /* checkpoint reader state (owned references, may be NULL until first use) */
+    PyObject *ordered_dict_type;     /* collections.OrderedDict */
+} nx_state;
+
+/* Returns the module state of the _core module `module` (borrowed, never NULL). */
+static inline nx_state *nx_get_state(PyObject *module)
+{
+    return (nx_state *)PyModule_GetState(module);
+}
+
+/* Each concern adds its Python-visible functions to the module.
+ * Returns 0 on success, -1 with an exception set. */
+int nx_add_checkpoint_functions(PyObject *module);
+int nx_add_plans_functions(PyObject *module);
+int nx_add_thread_functions(PyObject *module);
 
 #endif /* NNUNET_EXPORT_H */

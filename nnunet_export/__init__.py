@@ -3,6 +3,7 @@
 The C core (``nnunet_export._core``) reads checkpoints without executing anything and parses
 plans/dataset JSON; this package composes it with torch.
 """
+from .model_config import ModelConfig, read_model_config
 from ._core import (
     CheckpointError,
     ExportError,
@@ -11,7 +12,6 @@ from ._core import (
     WeightsMismatchError,
     __version__,
 )
-from .model_config import ModelConfig, read_model_config
 
 __all__ = [
     "CheckpointError",

@@ -110,7 +110,16 @@ def test_fixture_factory_models_match_nnunet():
         for configuration in configurations:
             assert_same(model_dir, configuration)
             checked += 1
+        if hasattr(nnunet_export, "read_checkpoint"):
+            # Default configuration: the one in the folder name <Trainer>__<Plans>__<configuration>.
+            trained_with = os.path.basename(os.path.normpath(model_dir)).split("__")[-1]
+            assert nnunet_export.read_model_config(model_dir).configuration == trained_with
     assert checked > 0
+
+
+def test_public_surface():
+    assert {"read_model_config", "ModelConfig", "PlansError"} <= set(nnunet_export.__all__)
+    assert issubclass(nnunet_export.PlansError, nnunet_export.ExportError)
 
 
 def test_docstring_example_runs():
