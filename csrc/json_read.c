@@ -301,6 +301,8 @@ int jr_load(jr_doc *doc, size_t max_bytes)
     size_t line, column, offset;
 
     if (jr_read_file(doc, max_bytes, &doc->text, &doc->size) < 0) return -1;
+    /* cJSON also records a failure in a process-global; callers hold the GIL, which serialises
+     * them, and nothing here reads that global: the position comes from `end`. */
     doc->root = cJSON_ParseWithLengthOpts(doc->text, doc->size, &end, 0);
     if (end == NULL || end < doc->text || end > doc->text + doc->size) {
         end = doc->text + doc->size;

@@ -9,7 +9,6 @@
 
 #define LABELS_MAX_VALUE 2147483647LL
 
-#define kMissingError "missing required key"
 #define kTypeError "expected %s, found %s"
 #define kNoChannelsError "missing required key (the legacy key modality is missing too)"
 #define kChannelCountError "has %zd entries, but channel_names has %zd"
@@ -17,7 +16,6 @@
 #define kNoBackgroundError "missing required key: nnU-Net needs a label named background with value 0"
 #define kBackgroundListError "background must be the single label 0, not a list"
 #define kBackgroundValueError "background must be label 0, found %lld"
-#define kEmptyRegionError "expected a label or a non-empty list of labels"
 #define kIgnoreTypeError "the ignore label must be an integer, found %s"
 #define kIgnoreValueError "the ignore label must be the highest label value plus one (%lld), found %lld"
 #define kNoClassOrderError "missing: region-based labels (lists of several labels) need " \
