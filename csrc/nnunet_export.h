@@ -21,6 +21,50 @@
 
 #define NX_VERSION "0.1.0"
 
+/* ---- JSON documents (json_read.c) for the plans reader ----
+ * Each failing jr_* function sets doc->error with "<file>: <key path>: <reason>" and returns -1
+ * (NULL for functions returning pointers). cJSON nodes are borrowed from the document. */
+struct cJSON;
+#define JR_PATH_MAX 512
+
+typedef struct {
+    PyObject *error;                  /* borrowed: exception type raised on bad input */
+    const char *file;                 /* borrowed: file name shown in every message */
+    char *text;                       /* owned (PyMem): file contents, NUL-terminated */
+    size_t size;                      /* bytes in text, without the NUL */
+    struct cJSON *root;               /* owned: parsed tree */
+    const struct cJSON **float_nodes; /* owned (PyMem): number nodes written as floats, sorted */
+    size_t n_float_nodes;
+} jr_doc;
+
+void jr_init(jr_doc *doc, PyObject *error, const char *file);
+int jr_load(jr_doc *doc, size_t max_bytes);
+void jr_release(jr_doc *doc);
+int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void jr_path_key(char *buf, const char *parent, const char *key);
+void jr_path_index(char *buf, const char *parent, Py_ssize_t index);
+const char *jr_type_name(const struct cJSON *item);
+const struct cJSON *jr_find(const struct cJSON *object, const char *key);
+int jr_require(const jr_doc *doc, const char *parent_path, const struct cJSON *object,
+               const char *key, const struct cJSON **out);
+int jr_expect(const jr_doc *doc, const char *path, const struct cJSON *item, int type,
+              const char *what);
+int jr_as_int(const jr_doc *doc, const char *path, const struct cJSON *item, long long min,
+              long long max, long long *out);
+int jr_as_string(const jr_doc *doc, const char *path, const struct cJSON *item, const char **out);
+Py_ssize_t jr_array_size(const struct cJSON *array);
+PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s);
+PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *item);
+
+/* ---- plans reader internals (plans.c, plans_arch.c, labels.c) ----
+ * Each adds its fields to `out` (a dict) and returns 0, or -1 with an exception set. */
+typedef struct plans_config plans_config; /* resolved configuration, defined in plans.c */
+const struct cJSON *plans_config_get(const plans_config *cfg, const char *key, char *path);
+int arch_resolve(const jr_doc *plans, const plans_config *cfg, Py_ssize_t ndim, PyObject *out);
+int labels_resolve(const jr_doc *dataset, int is_cascade_stage, Py_ssize_t *num_channels,
+                   PyObject *out);
+
 typedef struct {
     PyObject *ExportError;           /* base of every error raised for bad user input */
     PyObject *CheckpointError;       /* unreadable or malformed checkpoint file */

@@ -3,6 +3,7 @@
 The C core (``nnunet_export._core``) reads checkpoints without executing anything and parses
 plans/dataset JSON; this package composes it with torch.
 """
+from .model_config import ModelConfig, read_model_config
 from ._core import (
     CheckpointError,
     ExportError,
@@ -16,8 +17,10 @@ from . import _torch_abi  # noqa: F401  (binds libtorch's stable C ABI once, at 
 __all__ = [
     "CheckpointError",
     "ExportError",
+    "ModelConfig",
     "PlansError",
     "UnsafeCheckpointError",
     "WeightsMismatchError",
+    "read_model_config",
     "__version__",
 ]
