@@ -54,13 +54,16 @@ class ExportReport:
 
 def _as_model(module_or_model_dir, load_kwargs: dict):
     from .loading import load_complete
-    from .model import NnUNetModel
+    from .model import NnUNetModel, attached_info
 
     if isinstance(module_or_model_dir, (str, os.PathLike)):
         return load_complete(module_or_model_dir, **load_kwargs)
     module = unwrap_module(module_or_model_dir)
     if isinstance(module, NnUNetModel):
         return module
+    info = attached_info(module)
+    if info is not None:  # a predictor's network after patch_nnunet() or complete()
+        return NnUNetModel(module, info)
     raise ExportError(
         f"to_torchscript needs a model folder or the module load_complete returned, got "
         f"{type(module_or_model_dir).__name__}; for a bare network use "

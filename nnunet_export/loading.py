@@ -161,7 +161,7 @@ def load_complete(
 
 
 def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress):
-    from .architectures import EnsembleModule, prepare_for_inference
+    from .architectures import EnsembleModule, load_weights, prepare_for_inference
     from .model import ModelInfo, NnUNetModel
     from .model_config import read_model_config
     from .network_builder import build_for_checkpoint
@@ -192,9 +192,9 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
     built = None
     for fw in fold_weights:
         built = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir)
-        expected = built.network.state_dict(keep_vars=True)
-        check_state_dict_fits(expected, fw.state_dict, str(fw.path))
-        built.network.load_state_dict(fw.state_dict, strict=True, assign=True)
+        check_state_dict_fits(built.network.state_dict(keep_vars=True), fw.state_dict, str(fw.path))
+        # Adopts the checkpoint's (privately mapped) tensors without a copy where it can.
+        load_weights(built.network, fw.state_dict, strict=True)
         network = prepare_for_inference(built.network).to(device)
         networks.append(network)
         say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,6 +38,20 @@ class ModelInfo:
             if isinstance(tensor, torch.nn.Parameter):
                 count += tensor.numel()
         return count, nbytes
+
+
+# Networks handed out by patch_nnunet()/complete() remember their ModelInfo here rather than in
+# an attribute, so TorchScript never sees (and never tries to compile) the metadata.
+_ATTACHED_INFO: "weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()
+
+
+def attach_info(network: torch.nn.Module, info: ModelInfo) -> None:
+    """Remember where ``network``'s weights came from, for a later ``to_torchscript(network)``."""
+    _ATTACHED_INFO[network] = info
+
+
+def attached_info(network: torch.nn.Module) -> Optional[ModelInfo]:
+    return _ATTACHED_INFO.get(network)
 
 
 class NnUNetModel(torch.nn.Module):

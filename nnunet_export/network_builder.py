@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ._core import ExportError
+from .architectures import UnsupportedArchitectureError
 
 # Trainers shipped with nnU-Net whose build_network_architecture only reads the plans.
 # Everything else is checked against nnU-Net's class when nnunetv2 is importable.
@@ -24,10 +24,6 @@ _BATCHNORM_FOR_CONV = {
     "torch.nn.modules.conv.Conv2d": "torch.nn.modules.batchnorm.BatchNorm2d",
     "torch.nn.modules.conv.Conv3d": "torch.nn.modules.batchnorm.BatchNorm3d",
 }
-
-
-class UnsupportedArchitectureError(ExportError):
-    """The network cannot be built: unknown architecture and no nnU-Net to build it with."""
 
 
 @dataclass(frozen=True)
@@ -85,11 +81,11 @@ def native_arch_kwargs(arch_kwargs: Mapping[str, Any], trainer_name: str,
 def build_for_checkpoint(config, trainer_name: str, state_dict: Mapping[str, torch.Tensor],
                          model_dir: Path) -> BuiltNetwork:
     """Builds the (uninitialised) network for ``state_dict`` from the resolved model config."""
-    from .architectures import NATIVE_NETWORK_CLASSES, build_network
+    from .architectures import NETWORK_CLASS_NAMES, build_network
 
     arch = config.architecture
     class_name = arch["network_class_name"]
-    native_class = class_name in NATIVE_NETWORK_CLASSES
+    native_class = class_name in NETWORK_CLASS_NAMES
     trainer_known = _is_plans_only_trainer(trainer_name)
     trainer_cls = None
     if native_class and not trainer_known:
@@ -104,6 +100,7 @@ def build_for_checkpoint(config, trainer_name: str, state_dict: Mapping[str, tor
             native_arch_kwargs(arch["arch_kwargs"], trainer_name, state_dict),
             config.num_input_channels,
             config.num_output_channels,
+            device="meta",  # no memory, no random init: the checkpoint's tensors are adopted
         )
         return BuiltNetwork(network, True, "nnunet_export")
     if trainer_cls is None:

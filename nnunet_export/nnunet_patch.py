@@ -1,0 +1,247 @@
+"""Drop-in fixes for unchanged nnUNetPredictor scripts.
+
+After ``patch_nnunet()``, ``nnUNetPredictor.initialize_from_trained_model_folder`` reads every
+fold through the safe C reader, checks the folds against each other, removes wrapper prefixes,
+and leaves ``predictor.network`` complete (fold 0's weights, eval mode, exportable with
+``to_torchscript``); ``predict_logits_from_preprocessed_data`` restores torch's thread count even
+when it raises and puts fold 0's weights back afterwards. Predictions are unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ._core import ExportError, ThreadGuard
+
+# The nnunetv2 releases whose predictor API this patch was written and tested against: the
+# method names and signatures below, and the attributes the predictor sets, are checked too.
+TESTED_NNUNET_VERSIONS = ("2.5.2", "2.8.1")
+_PATCHED = ("initialize_from_trained_model_folder", "predict_logits_from_preprocessed_data")
+_EXPECTED_PARAMETERS = {
+    "initialize_from_trained_model_folder": ("self", "model_training_output_dir", "use_folds", "checkpoint_name"),
+    "predict_logits_from_preprocessed_data": ("self", "data"),
+}
+_originals: dict[str, object] = {}
+
+
+class UnsupportedNnUNetError(ExportError):
+    """The installed nnunetv2 is missing, or its predictor is not the API the patch knows."""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _predictor_class():
+    try:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    except ImportError as err:
+        raise UnsupportedNnUNetError(
+            f"patch_nnunet needs nnunetv2 ('pip install nnunet_export[nnunet]'): {err}"
+        ) from None
+    version = importlib_metadata.version("nnunetv2")
+    low, high = (_version_tuple(v) for v in TESTED_NNUNET_VERSIONS)
+    if not low <= _version_tuple(version)[: len(low)] <= high + (99,):
+        raise UnsupportedNnUNetError(
+            f"nnunetv2 {version} is outside the versions patch_nnunet supports "
+            f"({TESTED_NNUNET_VERSIONS[0]} to {TESTED_NNUNET_VERSIONS[1]}); nothing was patched"
+        )
+    import inspect
+
+    for name, expected in _EXPECTED_PARAMETERS.items():
+        method = _originals.get(name) or getattr(nnUNetPredictor, name, None)
+        if method is None or tuple(inspect.signature(method).parameters)[: len(expected)] != expected:
+            raise UnsupportedNnUNetError(
+                f"nnunetv2 {version}: nnUNetPredictor.{name} does not have the signature "
+                f"{expected}; nothing was patched"
+            )
+    return nnUNetPredictor
+
+
+def _inner(network: torch.nn.Module) -> torch.nn.Module:
+    from .prefixes import unwrap_module
+
+    return unwrap_module(network)
+
+
+def _put_back_fold_zero(predictor) -> None:
+    params = getattr(predictor, "list_of_parameters", None)
+    network = getattr(predictor, "network", None)
+    if params and network is not None:
+        with torch.no_grad():
+            _inner(network).load_state_dict(params[0])
+        network.eval()
+
+
+def _initialize_from_trained_model_folder(self, model_training_output_dir, use_folds,
+                                          checkpoint_name="checkpoint_final.pth"):
+    from .loading import load_complete
+
+    model = load_complete(model_training_output_dir, folds=use_folds, checkpoint_name=checkpoint_name)
+    _install(self, model)
+
+
+def _install(predictor, model) -> None:
+    """Sets a predictor's attributes from a loaded NnUNetModel, as nnU-Net's initialise would."""
+    import copy
+    import dataclasses
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .architectures import EnsembleModule
+    from .model import attach_info
+
+    info = model.info
+    model_dir = Path(info.model_dir)
+    plans_manager = PlansManager(json.loads((model_dir / "plans.json").read_text()))
+    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    folds = list(model.network.networks) if isinstance(model.network, EnsembleModule) else [model.network]
+    # The predictor copies each fold's weights into one network in turn; that network needs
+    # storage of its own so the folds' tensors (kept in list_of_parameters) are never overwritten.
+    network = copy.deepcopy(folds[0]).eval()
+    attach_info(network, dataclasses.replace(
+        info, folds=info.folds[:1], checkpoint_paths=info.checkpoint_paths[:1],
+        weights_sha256=info.weights_sha256[:1]))
+    predictor.plans_manager = plans_manager
+    predictor.configuration_manager = plans_manager.get_configuration(info.config.configuration)
+    predictor.list_of_parameters = [fold.state_dict() for fold in folds]
+    predictor.network = network
+    predictor.dataset_json = dataset_json
+    predictor.trainer_name = info.trainer_name
+    predictor.allowed_mirroring_axes = info.mirroring_axes
+    predictor.label_manager = plans_manager.get_label_manager(dataset_json)
+    if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
+        predictor.network = torch.compile(network)
+
+
+def _config_from_predictor(predictor):
+    """ModelConfig of a predictor set up without a model folder (manual_initialization)."""
+    from .model_config import read_model_config
+
+    plans = predictor.plans_manager.plans
+    wanted = predictor.configuration_manager.configuration
+    names = [n for n in plans["configurations"]
+             if predictor.plans_manager.get_configuration(n).configuration == wanted]
+    if not names:
+        raise ExportError("predictor.configuration_manager matches no configuration of its plans")
+    with tempfile.TemporaryDirectory() as folder:
+        # The C reader validates exactly the JSON nnU-Net would read from a model folder.
+        Path(folder, "plans.json").write_text(json.dumps(plans))
+        Path(folder, "dataset.json").write_text(json.dumps(predictor.dataset_json))
+        return read_model_config(folder, names[0])
+
+
+def complete(predictor) -> torch.nn.Module:
+    """Load the weights that belong in ``predictor.network`` and return the complete network.
+
+    For predictors initialised without ``initialize_from_trained_model_folder`` (for example
+    ``manual_initialization`` or custom code): fold 0's weights
+    (``predictor.list_of_parameters[0]``, wrapper prefixes removed) are loaded strictly into the
+    network inside any ``torch.compile``/DDP wrapper, which is put in eval mode and returned,
+    ready for :func:`nnunet_export.to_torchscript`.
+
+    Raises:
+        ExportError: the predictor holds no network or no weights.
+        WeightsMismatchError: the weights do not fit the network (keys listed).
+    """
+    from .model import ModelInfo, attach_info
+    from .prefixes import strip_state_dict_prefixes
+    from .weights import check_state_dict_fits, weights_sha256
+
+    network = getattr(predictor, "network", None)
+    params = getattr(predictor, "list_of_parameters", None)
+    if network is None:
+        raise ExportError("the predictor has no network: initialise it first")
+    if not params:
+        raise ExportError("the predictor holds no weights (list_of_parameters is empty): "
+                          "pass parameters to manual_initialization or use initialize_from_trained_model_folder")
+    inner = _inner(network)
+    state_dict = strip_state_dict_prefixes(params[0])
+    check_state_dict_fits(inner.state_dict(), state_dict, "predictor.list_of_parameters[0]")
+    with torch.no_grad():
+        inner.load_state_dict(state_dict, strict=True)
+    inner.eval()
+    inner.requires_grad_(False)
+    axes = getattr(predictor, "allowed_mirroring_axes", None)
+    attach_info(inner, ModelInfo(
+        model_dir="", config=_config_from_predictor(predictor), folds=(0,),
+        checkpoint_name="", checkpoint_paths=("predictor.list_of_parameters[0]",),
+        trainer_name=str(getattr(predictor, "trainer_name", "")),
+        mirroring_axes=tuple(axes) if axes is not None else None,
+        weights_sha256=(weights_sha256(state_dict),), scriptable=False,
+        not_scriptable_reason="the predictor's own network (dynamic-network-architectures) is traced",
+        builder="predictor",
+    ))
+    return inner
+
+
+def _predict_logits_from_preprocessed_data(self, data):
+    original = _originals["predict_logits_from_preprocessed_data"]
+    with ThreadGuard():
+        try:
+            return original(self, data)
+        finally:
+            # nnU-Net leaves the LAST fold's weights in the network after an ensemble.
+            _put_back_fold_zero(self)
+
+
+def patch_nnunet() -> None:
+    """Patch nnU-Net's predictor in this process (idempotent). See the module docstring.
+
+    Raises:
+        UnsupportedNnUNetError: nnunetv2 is missing or its predictor API is not the tested one.
+
+    Example:
+        >>> import nnunet_export
+        >>> nnunet_export.patch_nnunet()  # doctest: +SKIP
+        >>> predictor.initialize_from_trained_model_folder(model_dir, (0, 1), "checkpoint_final.pth")  # doctest: +SKIP
+    """
+    cls = _predictor_class()
+    if _originals:
+        return
+    replacements = {
+        "initialize_from_trained_model_folder": _initialize_from_trained_model_folder,
+        "predict_logits_from_preprocessed_data": _predict_logits_from_preprocessed_data,
+    }
+    for name in _PATCHED:
+        _originals[name] = cls.__dict__[name]
+    for name, function in replacements.items():
+        setattr(cls, name, function)
+
+
+def unpatch_nnunet() -> None:
+    """Restore nnU-Net's original predictor methods (no-op when not patched)."""
+    if not _originals:
+        return
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    for name, original in _originals.items():
+        setattr(nnUNetPredictor, name, original)
+    _originals.clear()
+
+
+def is_patched() -> bool:
+    return bool(_originals)
+
+
+@contextlib.contextmanager
+def patched_nnunet() -> Iterator[None]:
+    """``with nnunet_export.patched_nnunet(): ...`` patches for the block only."""
+    was_patched = is_patched()
+    patch_nnunet()
+    try:
+        yield
+    finally:
+        if not was_patched:
+            unpatch_nnunet()
