@@ -1,0 +1,42 @@
+"""Timing and result rows shared by benchmark modules (benchmarks/bench_*.py).
+
+A benchmark module exposes `run(size: str) -> list[dict]`; each dict is a row made by `row()`.
+Times are medians of repeated runs after one warm-up; ours and the baseline are measured in the
+same process, one after the other, so their ratio is meaningful on a shared machine.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Benchmarks reuse the test-data factory (tests/nnunet_fixtures.py) and the in-place built package.
+for path in (REPO_ROOT / "tests", REPO_ROOT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+ROW_KEYS = ("benchmark", "case", "ours_s", "baseline_s", "ratio", "target", "ok", "notes")
+
+
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `function`, after one untimed warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def row(benchmark: str, case: str, ours_s: float, baseline_s: float, target: float | None,
+        correct: bool, notes: str = "") -> dict:
+    """One result row. ratio = ours_s / baseline_s (lower is better); with a target, the row is ok
+    only when the result was correct and ratio <= target; without one, correctness alone decides."""
+    ratio = ours_s / baseline_s if baseline_s > 0 else float("inf")
+    ok = bool(correct) and (target is None or ratio <= target)
+    return {"benchmark": benchmark, "case": case, "ours_s": ours_s, "baseline_s": baseline_s,
+            "ratio": ratio, "target": target, "ok": ok, "notes": notes}
