@@ -11,6 +11,7 @@ from ._core import (
     WeightsMismatchError,
     __version__,
 )
+from .checkpoint import read_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -19,4 +20,5 @@ __all__ = [
     "UnsafeCheckpointError",
     "WeightsMismatchError",
     "__version__",
+    "read_checkpoint",
 ]
