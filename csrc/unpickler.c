@@ -160,11 +160,13 @@ static int upk_classify(const char *module, const char *name, int *sub)
             return upk_allowlist[i].id;
         }
     }
+    /* v3 tensors (float8, uint16, ...) pickle their storage as torch.storage.UntypedStorage */
+    if ((strcmp(module, "torch") == 0 || strcmp(module, "torch.storage") == 0) &&
+        strcmp(name, "UntypedStorage") == 0) {
+        *sub = NX_DTYPE_UINT8;
+        return NX_G_STORAGE;
+    }
     if (strcmp(module, "torch") == 0) {
-        if (strcmp(name, "UntypedStorage") == 0) {
-            *sub = NX_DTYPE_UINT8;
-            return NX_G_STORAGE;
-        }
         for (int i = 0; i < nx_dtype_count; i++) {
             if (nx_dtypes[i].storage_name != NULL && strcmp(name, nx_dtypes[i].storage_name) == 0) {
                 *sub = i;
