@@ -66,6 +66,30 @@ static int mat_is_lazy(nx_mat_ctx *ctx, PyObject *obj, int kind)
 
 static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p);
 
+/* Result of the trusted factory; torch rejecting values from the file (a bad device string...)
+ * becomes a CheckpointError naming the key path instead of a bare RuntimeError. */
+static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *result)
+{
+    if (result != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return result;
+    }
+    PyObject *type = NULL, *exc = NULL, *tb = NULL, *msg = NULL, *where = NULL;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    msg = exc != NULL ? PyObject_Str(exc) : NULL;
+    where = msg != NULL ? mat_path_str(p) : NULL;
+    if (where != NULL) {
+        PyErr_Format(ctx->st->CheckpointError, "checkpoint '%U': %U: torch rejected the value (%U)",
+                     ctx->path, where, msg);
+    }
+    Py_XDECREF(where);
+    Py_XDECREF(msg);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
 /* Exact int in [0, INT64_MAX]; returns 0 and sets *out, or -1 (no exception set). */
 static int mat_nonneg_int64(PyObject *obj, int64_t *out)
 {
@@ -184,7 +208,8 @@ static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype
     if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef((PyObject *)ctx->map)) < 0) {
         goto bail;
     }
-    base = PyObject_CallFunction(ctx->factory, "sOs", "storage", array, nx_dtypes[tensor_dtype].torch_name);
+    base = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOs", "storage", array,
+                                                            nx_dtypes[tensor_dtype].torch_name));
     if (base == NULL) {
         goto bail;
     }
@@ -282,8 +307,8 @@ static PyObject *mat_tensor(nx_mat_ctx *ctx, nx_lazy *call, int v3, const mat_pa
         }
         goto bail;
     }
-    result = PyObject_CallFunction(ctx->factory, "sOLOOO", "tensor", base, (long long)offset, size,
-                                   stride, requires_grad);
+    result = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOLOOO", "tensor", base,
+                                                              (long long)offset, size, stride, requires_grad));
 bail:
     Py_XDECREF(base);
     return result;
@@ -393,8 +418,8 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         if (tensor == NULL) {
             return NULL;
         }
-        PyObject *param = PyObject_CallFunction(ctx->factory, "sOO", "parameter", tensor,
-                                                PyTuple_GET_ITEM(args, 1));
+        PyObject *param = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOO", "parameter",
+                                                                           tensor, PyTuple_GET_ITEM(args, 1)));
         Py_DECREF(tensor);
         return param;
     }
@@ -404,9 +429,10 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
             (n == 2 && !PyLong_CheckExact(PyTuple_GET_ITEM(args, 1)))) {
             return mat_fail(ctx, p, "torch.device arguments are not (str[, int])");
         }
-        return n == 1 ? PyObject_CallFunction(ctx->factory, "sO", "device", PyTuple_GET_ITEM(args, 0))
-                      : PyObject_CallFunction(ctx->factory, "sOO", "device", PyTuple_GET_ITEM(args, 0),
-                                              PyTuple_GET_ITEM(args, 1));
+        return mat_factory_result(
+            ctx, p, n == 1 ? PyObject_CallFunction(ctx->factory, "sO", "device", PyTuple_GET_ITEM(args, 0))
+                           : PyObject_CallFunction(ctx->factory, "sOO", "device", PyTuple_GET_ITEM(args, 0),
+                                                   PyTuple_GET_ITEM(args, 1)));
     }
     case NX_G_NP_DTYPE:
         return mat_np_dtype(ctx, call, p);

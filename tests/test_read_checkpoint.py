@@ -260,3 +260,21 @@ def test_storage_larger_than_2_gib_uses_64_bit_sizes(tmp_path):
     assert w[-1].item() == 0 and w[nbytes // 2].item() == 0
     zipfile.ZipFile(path).testzip  # the archive is a valid ZIP64 for Python's reader as well
     assert zipfile.ZipFile(path).getinfo("big/data/0").file_size == nbytes
+
+
+def test_numpy_1_scalar_spelling_and_dtype_classes(tmp_path):
+    values = {"logging": {"a": [np.float64(0.25), np.float32(-1.5), np.int64(7), np.bool_(True)]},
+              "_best_ema": np.float64(0.5), "classes": [np.dtypes.Float64DType, np.dtypes.Int32DType],
+              "dtype": np.dtype("f4")}
+    path = tmp_path / "np.pth"
+    torch.save(values, path)
+    reference = torch.load(path, weights_only=False)
+    assert_checkpoint_parity(read_checkpoint(path, list(values)), reference)
+    # files written with NumPy 1.x name the scalar reconstructor numpy.core.multiarray.scalar
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read("np/data.pkl")
+    assert b"numpy._core.multiarray\nscalar" in pkl
+    old = tmp_path / "np1.pth"
+    old.write_bytes(rewrite_zip(path.read_bytes(), replace={
+        "data.pkl": pkl.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")}))
+    assert_checkpoint_parity(read_checkpoint(old, ["logging", "_best_ema"]), reference)
