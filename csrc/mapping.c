@@ -10,6 +10,30 @@
 #include <unistd.h>
 
 static const char kMapNotRegularError[] = "checkpoint '%U': not a regular file";
+static const char kMapDirectoryError[] = "checkpoint '%U': is a directory, not a checkpoint file";
+static const char kMapOpenError[] = "checkpoint '%U': cannot open: %s";
+static const char kMapMapError[] = "checkpoint '%U': cannot map the file into memory: %s";
+
+/* Raises CheckpointError with the OS reason, chained to the matching OSError subclass
+ * (FileNotFoundError, PermissionError, ...) so callers can still inspect errno. */
+static void map_os_error(nx_state *st, PyObject *path, const char *format, int err)
+{
+    PyObject *type = NULL, *cause = NULL, *tb = NULL, *exc = NULL, *etype = NULL, *etb = NULL;
+    errno = err;
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+    PyErr_Fetch(&type, &cause, &tb);
+    PyErr_NormalizeException(&type, &cause, &tb);
+    PyErr_Format(st->CheckpointError, format, path, strerror(err));
+    PyErr_Fetch(&etype, &exc, &etb);
+    PyErr_NormalizeException(&etype, &exc, &etb);
+    if (exc != NULL && cause != NULL) {
+        PyException_SetCause(exc, Py_NewRef(cause));
+    }
+    PyErr_Restore(etype, exc, etb);
+    Py_XDECREF(type);
+    Py_XDECREF(cause);
+    Py_XDECREF(tb);
+}
 static const char kMapEmptyError[] = "checkpoint '%U': the file is empty (0 bytes)";
 static const char kMapTooLargeError[] = "checkpoint '%U': file size does not fit in memory";
 
@@ -87,7 +111,8 @@ PyObject *nx_mapping_open(nx_state *st, PyObject *path)
         goto bail;
     }
     Py_BEGIN_ALLOW_THREADS
-    fd = open(PyBytes_AS_STRING(encoded), O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; no effect on regular files. */
+    fd = open(PyBytes_AS_STRING(encoded), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     saved_errno = errno;
     if (fd >= 0 && fstat(fd, &sb) != 0) {
         saved_errno = errno;
@@ -96,9 +121,11 @@ PyObject *nx_mapping_open(nx_state *st, PyObject *path)
     }
     Py_END_ALLOW_THREADS
     if (fd < 0) {
-        /* FileNotFoundError / PermissionError / IsADirectoryError: already precise and standard. */
-        errno = saved_errno;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        map_os_error(st, path, kMapOpenError, saved_errno);
+        goto bail;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        PyErr_Format(st->CheckpointError, kMapDirectoryError, path);
         goto bail;
     }
     if (!S_ISREG(sb.st_mode)) {
@@ -118,8 +145,7 @@ PyObject *nx_mapping_open(nx_state *st, PyObject *path)
     saved_errno = errno;
     Py_END_ALLOW_THREADS
     if (base == MAP_FAILED) {
-        errno = saved_errno;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        map_os_error(st, path, kMapMapError, saved_errno);
         goto bail;
     }
     m = PyObject_New(nx_mapping, (PyTypeObject *)st->mapping_type);

@@ -83,8 +83,8 @@ def read_checkpoint(
         bytes with the NumPy C API, exactly as ``torch.load`` would return them.
 
     Raises:
-        FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be opened.
-        nnunet_export.CheckpointError: not a torch.save ZIP file, truncated, corrupt (CRC),
+        nnunet_export.CheckpointError: the file cannot be opened (its ``__cause__`` is the
+            FileNotFoundError / PermissionError ...), is a directory or empty, not a torch.save ZIP file, truncated, corrupt (CRC),
             compressed entries, legacy or big-endian format, malformed pickle, missing key or
             storage, tensor outside its storage. The message names the file and the place.
         nnunet_export.UnsafeCheckpointError: a requested key needs a global outside the

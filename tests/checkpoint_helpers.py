@@ -185,3 +185,42 @@ def zip_with_pickle(pkl: bytes, storages: dict[str, bytes] | None = None, folder
             z.writestr(f"{folder}/data/{key}", data)
         z.writestr(f"{folder}/version", b"3\n")
     return out.getvalue()
+
+
+# ---- a tiny protocol-2 assembler (opcodes as torch.save writes them) ----
+
+
+def p_str(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def p_int(value: int) -> bytes:
+    if -(2**31) <= value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def p_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def p_call(func: bytes, *args: bytes) -> bytes:
+    return func + b"(" + b"".join(args) + b"tR"
+
+
+def p_top(**items: bytes) -> bytes:
+    """data.pkl of a dict {name: value}; always also holds a valid trainer_name."""
+    body = b"".join(p_str(k) + v for k, v in items.items())
+    return b"\x80\x02}(" + p_str("trainer_name") + p_str("nnUNetTrainer") + body + b"u."
+
+
+def p_storage(storage_type: bytes, key="0", numel=4) -> bytes:
+    return b"(" + p_str("storage") + storage_type + p_str(key) + p_str("cpu") + p_int(numel) + b"tQ"
+
+
+def p_rebuild(storage: bytes, offset=0, size=(4,), stride=(1,)) -> bytes:
+    tup = lambda xs: b"(" + b"".join(p_int(x) for x in xs) + b"t"  # noqa: E731
+    return p_call(p_global("torch._utils", "_rebuild_tensor_v2"), storage, p_int(offset), tup(size), tup(stride),
+                b"\x89", p_call(p_global("collections", "OrderedDict")))

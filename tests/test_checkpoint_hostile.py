@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 from collections import OrderedDict
 
 import pytest
 import torch
 
 from nnunet_export import CheckpointError, ExportError, UnsafeCheckpointError, read_checkpoint
+from checkpoint_helpers import p_call as call
+from checkpoint_helpers import p_global as g
+from checkpoint_helpers import p_int as i
+from checkpoint_helpers import p_rebuild as _rebuild
+from checkpoint_helpers import p_storage as _persid
+from checkpoint_helpers import p_str as s
+from checkpoint_helpers import p_top as top
 from checkpoint_helpers import zip_with_pickle
-
-# ---- a tiny protocol-2 assembler (opcodes as torch.save writes them) ----
-
-
-def s(text: str) -> bytes:
-    raw = text.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def i(value: int) -> bytes:
-    if -(2**31) <= value < 2**31:
-        return b"J" + struct.pack("<i", value)
-    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
-
-
-def g(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def call(func: bytes, *args: bytes) -> bytes:
-    return func + b"(" + b"".join(args) + b"tR"
-
-
-def top(**items: bytes) -> bytes:
-    """data.pkl of a dict {name: value}; always also holds a valid trainer_name."""
-    body = b"".join(s(k) + v for k, v in items.items())
-    return b"\x80\x02}(" + s("trainer_name") + s("nnUNetTrainer") + body + b"u."
 
 
 @pytest.fixture
@@ -128,16 +106,6 @@ def test_nested_pickle_through_codecs(tmp_path, canary):
     path = write(tmp_path, top(network_weights=other))
     with pytest.raises(CheckpointError, match=r"network_weights: _codecs.encode is accepted only as encode\(str, 'latin1'\)"):
         read_checkpoint(path, ["network_weights"])
-
-
-def _persid(storage_type: bytes, key="0", numel=4) -> bytes:
-    return b"(" + s("storage") + storage_type + s(key) + s("cpu") + i(numel) + b"tQ"
-
-
-def _rebuild(storage: bytes, offset=0, size=(4,), stride=(1,)) -> bytes:
-    tup = lambda xs: b"(" + b"".join(i(x) for x in xs) + b"t"  # noqa: E731
-    return call(g("torch._utils", "_rebuild_tensor_v2"), storage, i(offset), tup(size), tup(stride),
-                b"\x89", call(g("collections", "OrderedDict")))
 
 
 def test_rebuild_function_abuse(tmp_path, canary):
