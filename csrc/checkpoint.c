@@ -233,7 +233,8 @@ static PyMethodDef ckpt_methods[] = {
 
 int nx_add_checkpoint_functions(PyObject *module)
 {
-    if (nx_mapping_add_type(module) < 0 || nx_lazy_add_type(module) < 0) {
+    if (nx_mapping_add_type(module) < 0 || nx_lazy_add_type(module) < 0 ||
+        nx_crc32_add_functions(module) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, ckpt_methods);

@@ -82,6 +82,9 @@ int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip);
 void nx_zip_close(nx_zip *zip);
 /* Entry named "<folder>/<suffix>" or NULL (no exception). */
 const nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_len);
+/* CRC-32 (zlib polynomial) continuing from `crc`; PCLMULQDQ when the CPU has it. No GIL needed. */
+uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len);
+int nx_crc32_add_functions(PyObject *module);
 /* Verifies an entry's CRC32 with the GIL released. Returns 0, or -1 with CheckpointError set. */
 int nx_zip_check_crc(nx_state *st, const nx_mapping *map, const nx_zip_entry *e);
 

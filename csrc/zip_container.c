@@ -4,7 +4,6 @@
 #include "nnunet_export.h"
 
 #include <string.h>
-#include <zlib.h>
 
 #define ZIPR_EOCD_SIG 0x06054b50u
 #define ZIPR_EOCD_SIZE 22u
@@ -378,24 +377,17 @@ const nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t su
 
 int nx_zip_check_crc(nx_state *st, const nx_mapping *map, const nx_zip_entry *e)
 {
-    uLong crc = crc32(0L, Z_NULL, 0);
-    const uint8_t *p = map->base + e->data_offset;
-    uint64_t left = e->size;
+    uint32_t crc;
     /* Pure C over file bytes (page faults included): let other threads run. */
     Py_BEGIN_ALLOW_THREADS
-    while (left > 0) {
-        uInt chunk = left > (1u << 30) ? (1u << 30) : (uInt)left;
-        crc = crc32(crc, p, chunk);
-        p += chunk;
-        left -= chunk;
-    }
+    crc = nx_crc32(0, map->base + e->data_offset, e->size);
     Py_END_ALLOW_THREADS
-    if ((uint32_t)crc != e->crc) {
+    if (crc != e->crc) {
         char printable[256];
         zipr_name(printable, sizeof printable, e->name, e->name_len);
         PyErr_Format(st->CheckpointError, kZipCrcError, map->path, printable,
                      (unsigned long long)e->data_offset, (unsigned long long)e->size,
-                     (unsigned)e->crc, (unsigned)(uint32_t)crc);
+                     (unsigned)e->crc, (unsigned)crc);
         return -1;
     }
     return 0;
