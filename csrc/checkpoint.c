@@ -24,11 +24,11 @@ static const char *const ckpt_init_args_heavy[] = {"plans", "dataset_json"};
 
 static int ckpt_check_byteorder(nx_state *st, nx_mapping *map, const nx_zip *zip, int verify_crc)
 {
-    const nx_zip_entry *e = nx_zip_find(zip, "byteorder", 9);
+    nx_zip_entry *e = nx_zip_find(zip, "byteorder", 9);
     if (e == NULL) {
         return 0; /* files from torch < 2.1 have none and are little-endian */
     }
-    if (verify_crc && nx_zip_check_crc(st, map, e) < 0) {
+    if (nx_zip_open_entry(st, map, e, verify_crc) < 0) {
         return -1;
     }
     if (e->size == 6 && memcmp(map->base + e->data_offset, "little", 6) == 0) {
@@ -144,7 +144,7 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
         ckpt_check_byteorder(st, (nx_mapping *)map, &zip, verify_crc) < 0) {
         goto bail;
     }
-    const nx_zip_entry *pkl = nx_zip_find(&zip, "data.pkl", 8);
+    nx_zip_entry *pkl = nx_zip_find(&zip, "data.pkl", 8);
     if (pkl == NULL) {
         char folder[256];
         size_t n = zip.prefix_len < sizeof folder - 1 ? zip.prefix_len : sizeof folder - 1;
@@ -153,7 +153,7 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
         PyErr_Format(st->CheckpointError, kCkptNoPickleError, path, folder);
         goto bail;
     }
-    if (verify_crc && nx_zip_check_crc(st, (nx_mapping *)map, pkl) < 0) {
+    if (nx_zip_open_entry(st, (nx_mapping *)map, pkl, verify_crc) < 0) {
         goto bail;
     }
     char entry_name[300];

@@ -88,6 +88,45 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(const uint8_t
     x1 = _mm_xor_si128(x1, x2);
     return (uint32_t)_mm_extract_epi32(x1, 1);
 }
+
+/* Same folding with 256-bit VPCLMULQDQ (two 128-bit lanes per register, 128 bytes per iteration):
+ * the fold distance is 1024 bits, so k = x^(1024+32), x^(1024-32) mod P (bit-reflected, << 1).
+ * Requires len >= 128 and len % 128 == 0. The 128-byte remainder it leaves is congruent to the
+ * input, so its CRC (crc_clmul with initial 0) is the CRC of everything processed. */
+__attribute__((target("vpclmulqdq,avx2,pclmul,sse4.1"))) static uint32_t crc_vclmul(const uint8_t *buf,
+                                                                                   size_t len, uint32_t crc)
+{
+    _Alignas(32) uint8_t rest[128];
+    const __m256i k = _mm256_set_epi64x(0x014a7fe880, 0x01e88ef372, 0x014a7fe880, 0x01e88ef372);
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(buf + 0x00));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(buf + 0x20));
+    __m256i x3 = _mm256_loadu_si256((const __m256i *)(buf + 0x40));
+    __m256i x4 = _mm256_loadu_si256((const __m256i *)(buf + 0x60));
+    x1 = _mm256_xor_si256(x1, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, (int)crc));
+    buf += 128;
+    len -= 128;
+    while (len >= 128) {
+        __m256i y1 = _mm256_loadu_si256((const __m256i *)(buf + 0x00));
+        __m256i y2 = _mm256_loadu_si256((const __m256i *)(buf + 0x20));
+        __m256i y3 = _mm256_loadu_si256((const __m256i *)(buf + 0x40));
+        __m256i y4 = _mm256_loadu_si256((const __m256i *)(buf + 0x60));
+        x1 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x1, k, 0x00),
+                                               _mm256_clmulepi64_epi128(x1, k, 0x11)), y1);
+        x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x2, k, 0x00),
+                                               _mm256_clmulepi64_epi128(x2, k, 0x11)), y2);
+        x3 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x3, k, 0x00),
+                                               _mm256_clmulepi64_epi128(x3, k, 0x11)), y3);
+        x4 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x4, k, 0x00),
+                                               _mm256_clmulepi64_epi128(x4, k, 0x11)), y4);
+        buf += 128;
+        len -= 128;
+    }
+    _mm256_store_si256((__m256i *)(rest + 0x00), x1);
+    _mm256_store_si256((__m256i *)(rest + 0x20), x2);
+    _mm256_store_si256((__m256i *)(rest + 0x40), x3);
+    _mm256_store_si256((__m256i *)(rest + 0x60), x4);
+    return crc_clmul(rest, sizeof rest, 0);
+}
 #endif
 
 /* zlib's crc32 takes uInt lengths: feed it at most 1 GiB at a time. */
@@ -106,10 +145,18 @@ static uint32_t crc_zlib(uint32_t crc, const uint8_t *p, uint64_t len)
 uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len)
 {
 #ifdef CRC_HAVE_CLMUL
-    static int has_clmul = -1; /* benign race: every thread computes the same value */
+    static int has_clmul = -1, has_vclmul = -1; /* benign race: every thread computes the same */
     if (has_clmul < 0) {
         __builtin_cpu_init();
+        has_vclmul = __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("avx2") &&
+                     __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
         has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    }
+    if (has_vclmul && len >= 256) {
+        uint64_t bulk = len & ~(uint64_t)127;
+        crc = ~crc_vclmul(p, (size_t)bulk, ~crc);
+        p += bulk;
+        len -= bulk;
     }
     if (has_clmul && len >= 64) {
         uint64_t bulk = len & ~(uint64_t)15;

@@ -170,7 +170,7 @@ static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype
         return mat_fail(ctx, p, "storage key longer than 256 bytes");
     }
     int n = snprintf(entry_name, sizeof entry_name, "data/%s", key_utf8);
-    const nx_zip_entry *e = nx_zip_find(ctx->zip, entry_name, (size_t)n);
+    nx_zip_entry *e = nx_zip_find(ctx->zip, entry_name, (size_t)n);
     if (e == NULL || strlen(key_utf8) != (size_t)key_len) {
         PyObject *where = mat_path_str(p);
         if (where != NULL) {
@@ -190,7 +190,7 @@ static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype
         }
         return NULL;
     }
-    if (ctx->verify_crc && nx_zip_check_crc(ctx->st, ctx->map, e) < 0) {
+    if (nx_zip_open_entry(ctx->st, ctx->map, e, ctx->verify_crc) < 0) {
         return NULL;
     }
     npy_intp dims[1] = {(npy_intp)nbytes};

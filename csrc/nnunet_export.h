@@ -61,14 +61,20 @@ typedef struct {
 PyObject *nx_mapping_open(nx_state *st, PyObject *path);
 int nx_mapping_add_type(PyObject *module);
 
-/* One STORED ZIP entry, validated against the file bounds and its local header. */
+/* One STORED ZIP entry, validated against the file bounds from the central directory; its local
+ * header is checked (and data_offset set) only when the entry is opened, so untouched entries
+ * (optimizer storages) cost no page faults. */
 typedef struct {
     const char *name;     /* borrowed from the mapping, not NUL-terminated */
     size_t name_len;
+    uint64_t central_at;    /* central directory record, for messages */
     uint64_t header_offset; /* local header */
-    uint64_t data_offset;   /* first payload byte */
+    uint64_t limit;         /* next entry's local header (or the central directory) */
+    uint64_t data_offset;   /* first payload byte; valid once opened */
     uint64_t size;          /* payload bytes (stored: compressed == uncompressed) */
     uint32_t crc;           /* CRC32 from the central directory */
+    int opened;             /* local header checked */
+    int crc_checked;        /* CRC verified */
 } nx_zip_entry;
 
 typedef struct {
@@ -81,12 +87,13 @@ typedef struct {
 int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip);
 void nx_zip_close(nx_zip *zip);
 /* Entry named "<folder>/<suffix>" or NULL (no exception). */
-const nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_len);
+nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_len);
+/* Checks the entry's local header (sets data_offset) and, if verify_crc, its CRC32 with the GIL
+ * released; each at most once. Returns 0, or -1 with CheckpointError set. */
+int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc);
 /* CRC-32 (zlib polynomial) continuing from `crc`; PCLMULQDQ when the CPU has it. No GIL needed. */
 uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len);
 int nx_crc32_add_functions(PyObject *module);
-/* Verifies an entry's CRC32 with the GIL released. Returns 0, or -1 with CheckpointError set. */
-int nx_zip_check_crc(nx_state *st, const nx_mapping *map, const nx_zip_entry *e);
 
 /* Globals the unpickler recognises. Anything else becomes NX_G_UNSAFE and is never constructed. */
 typedef enum {
