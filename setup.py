@@ -75,7 +75,7 @@ def core_extension():
         depends=glob.glob(os.path.join("csrc", "*.h")),
         include_dirs=[numpy_include()] + [f[2:] for f in cflags if f.startswith("-I")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
-        libraries=[f[2:] for f in libs if f.startswith("-l")],
+        libraries=[f[2:] for f in libs if f.startswith("-l")] + ["z"],  # zlib: crc32 of checkpoint entries
         extra_compile_args=strict_flags() + [f for f in cflags if not f.startswith("-I")],
         extra_link_args=link_args,
     )

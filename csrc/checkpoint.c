@@ -1,8 +1,241 @@
-/* placeholder until the checkpoint concern lands */
+/* read_checkpoint: maps the file, parses the ZIP directory, runs data.pkl through the safe VM and
+ * materialises only the requested top-level keys. The thin Python layer supplies the trusted
+ * factory that turns mapped bytes into tensors; nothing from the file chooses a callable. */
 #include "nnunet_export.h"
+
+#include <string.h>
+
+static const char kCkptNoPickleError[] =
+    "checkpoint '%U': archive has no data.pkl in its folder '%s' (not a torch.save file?)";
+static const char kCkptByteorderError[] =
+    "checkpoint '%U': byteorder entry says %R; only little-endian checkpoints are supported";
+static const char kCkptTopError[] =
+    "checkpoint '%U': top-level object is %s, not the dict nnU-Net's save_checkpoint writes";
+static const char kCkptMissingKeyError[] =
+    "checkpoint '%U': key %R is not in the file (it has: %U)";
+static const char kCkptKeysTypeError[] = "keys must be a list or tuple of str, or None";
+
+/* Keys returned by default; the optional ones may be absent from old or custom checkpoints. */
+static const char *const ckpt_default_keys[] = {"network_weights", "trainer_name", "init_args",
+                                                "inference_allowed_mirroring_axes", "current_epoch"};
+static const int ckpt_default_required[] = {1, 1, 1, 0, 0};
+/* init_args copies that nnU-Net keeps as plans.json / dataset.json next to the folds. */
+static const char *const ckpt_init_args_heavy[] = {"plans", "dataset_json"};
+
+static int ckpt_check_byteorder(nx_state *st, nx_mapping *map, const nx_zip *zip, int verify_crc)
+{
+    nx_zip_entry *e = nx_zip_find(zip, "byteorder", 9);
+    if (e == NULL) {
+        return 0; /* files from torch < 2.1 have none and are little-endian */
+    }
+    if (nx_zip_open_entry(st, map, e, verify_crc) < 0) {
+        return -1;
+    }
+    if (e->size == 6 && memcmp(map->base + e->data_offset, "little", 6) == 0) {
+        return 0;
+    }
+    PyObject *content = PyBytes_FromStringAndSize((const char *)map->base + e->data_offset,
+                                                  e->size > 32 ? 32 : (Py_ssize_t)e->size);
+    if (content != NULL) {
+        PyErr_Format(st->CheckpointError, kCkptByteorderError, map->path, content);
+        Py_DECREF(content);
+    }
+    return -1;
+}
+
+static PyObject *ckpt_missing_key(nx_state *st, PyObject *path, PyObject *top, PyObject *key)
+{
+    PyObject *keys = PyDict_Keys(top), *sep = NULL, *joined = NULL, *strs = NULL;
+    if (keys == NULL) {
+        return NULL;
+    }
+    strs = PyList_New(0);
+    for (Py_ssize_t i = 0; strs != NULL && i < PyList_GET_SIZE(keys); i++) {
+        PyObject *r = PyObject_Repr(PyList_GET_ITEM(keys, i));
+        if (r == NULL || PyList_Append(strs, r) < 0) {
+            Py_XDECREF(r);
+            Py_CLEAR(strs);
+            break;
+        }
+        Py_DECREF(r);
+    }
+    sep = PyUnicode_FromString(", ");
+    if (strs != NULL && sep != NULL) {
+        joined = PyUnicode_Join(sep, strs);
+    }
+    if (joined != NULL) {
+        PyErr_Format(st->CheckpointError, kCkptMissingKeyError, path, key, joined);
+    }
+    Py_XDECREF(joined);
+    Py_XDECREF(sep);
+    Py_XDECREF(strs);
+    Py_DECREF(keys);
+    return NULL;
+}
+
+/* Value to materialise for `key`: init_args loses its heavy copies in the default selection. */
+static PyObject *ckpt_selected_value(PyObject *value, const char *key, int default_selection)
+{
+    if (!default_selection || strcmp(key, "init_args") != 0 || !PyDict_CheckExact(value)) {
+        return Py_NewRef(value);
+    }
+    PyObject *copy = PyDict_Copy(value);
+    for (size_t i = 0; copy != NULL && i < sizeof ckpt_init_args_heavy / sizeof ckpt_init_args_heavy[0]; i++) {
+        PyObject *k = PyUnicode_FromString(ckpt_init_args_heavy[i]);
+        if (k == NULL || (PyDict_Contains(copy, k) == 1 && PyDict_DelItem(copy, k) < 0)) {
+            Py_CLEAR(copy);
+        }
+        Py_XDECREF(k);
+    }
+    return copy;
+}
+
+static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "keys", "verify_crc", "factory", NULL};
+    nx_state *st = nx_get_state(self);
+    PyObject *path_arg = NULL, *keys = Py_None, *factory = NULL;
+    PyObject *path = NULL, *map = NULL, *top = NULL, *build_states = NULL, *key_list = NULL;
+    PyObject *result = NULL, *out = NULL;
+    int verify_crc = 1;
+    nx_zip zip = {NULL, 0, 0};
+    nx_mat_ctx ctx;
+
+    memset(&ctx, 0, sizeof ctx);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOpO:read_checkpoint", kwlist, &path_arg, &keys,
+                                     &verify_crc, &factory)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(factory)) {
+        PyErr_SetString(PyExc_TypeError, "factory must be callable");
+        return NULL;
+    }
+    /* Accept str, bytes and os.PathLike; messages use the decoded str. */
+    if (!PyUnicode_FSDecoder(path_arg, &path)) {
+        return NULL;
+    }
+    int default_selection = keys == Py_None;
+    if (default_selection) {
+        key_list = PyList_New(0);
+        for (size_t i = 0; key_list != NULL && i < sizeof ckpt_default_keys / sizeof ckpt_default_keys[0]; i++) {
+            PyObject *k = PyUnicode_FromString(ckpt_default_keys[i]);
+            if (k == NULL || PyList_Append(key_list, k) < 0) {
+                Py_CLEAR(key_list);
+            }
+            Py_XDECREF(k);
+        }
+    } else if (PyList_Check(keys) || PyTuple_Check(keys)) {
+        key_list = PySequence_List(keys);
+        for (Py_ssize_t i = 0; key_list != NULL && i < PyList_GET_SIZE(key_list); i++) {
+            if (!PyUnicode_Check(PyList_GET_ITEM(key_list, i))) {
+                PyErr_SetString(PyExc_TypeError, kCkptKeysTypeError);
+                Py_CLEAR(key_list);
+            }
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, kCkptKeysTypeError);
+    }
+    if (key_list == NULL) {
+        goto bail;
+    }
+
+    map = nx_mapping_open(st, path);
+    if (map == NULL || nx_zip_open(st, (nx_mapping *)map, &zip) < 0 ||
+        ckpt_check_byteorder(st, (nx_mapping *)map, &zip, verify_crc) < 0) {
+        goto bail;
+    }
+    nx_zip_entry *pkl = nx_zip_find(&zip, "data.pkl", 8);
+    if (pkl == NULL) {
+        char folder[256];
+        size_t n = zip.prefix_len < sizeof folder - 1 ? zip.prefix_len : sizeof folder - 1;
+        memcpy(folder, zip.entries[0].name, n);
+        folder[n] = '\0';
+        PyErr_Format(st->CheckpointError, kCkptNoPickleError, path, folder);
+        goto bail;
+    }
+    if (nx_zip_open_entry(st, (nx_mapping *)map, pkl, verify_crc) < 0) {
+        goto bail;
+    }
+    char entry_name[300];
+    snprintf(entry_name, sizeof entry_name, "entry '%.*s'", (int)(pkl->name_len > 256 ? 256 : pkl->name_len),
+             pkl->name);
+    top = nx_unpickle(st, path, entry_name, ((nx_mapping *)map)->base + pkl->data_offset, pkl->size,
+                      &build_states);
+    if (top == NULL) {
+        goto bail;
+    }
+    if (!PyDict_CheckExact(top)) {
+        PyErr_Format(st->CheckpointError, kCkptTopError, path,
+                     Py_IS_TYPE(top, (PyTypeObject *)st->ordered_dict_type) ? "an OrderedDict (a bare state dict?)"
+                                                                             : Py_TYPE(top)->tp_name);
+        goto bail;
+    }
+
+    ctx.st = st;
+    ctx.map = (nx_mapping *)map;
+    ctx.zip = &zip;
+    ctx.path = path;
+    ctx.factory = factory;
+    ctx.build_states = build_states;
+    ctx.verify_crc = verify_crc;
+    ctx.memo = PyDict_New();
+    ctx.storages = PyDict_New();
+    out = PyDict_New();
+    if (ctx.memo == NULL || ctx.storages == NULL || out == NULL) {
+        goto bail;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(key_list); i++) {
+        PyObject *key = PyList_GET_ITEM(key_list, i);
+        PyObject *value = PyDict_GetItemWithError(top, key); /* borrowed */
+        if (value == NULL) {
+            if (PyErr_Occurred()) {
+                goto bail;
+            }
+            if (default_selection && !ckpt_default_required[i]) {
+                continue;
+            }
+            ckpt_missing_key(st, path, top, key);
+            goto bail;
+        }
+        PyObject *selected = ckpt_selected_value(value, PyUnicode_AsUTF8(key), default_selection);
+        if (selected == NULL) {
+            goto bail;
+        }
+        PyObject *made = nx_materialize(&ctx, key, selected);
+        Py_DECREF(selected);
+        if (made == NULL || PyDict_SetItem(out, key, made) < 0) {
+            Py_XDECREF(made);
+            goto bail;
+        }
+        Py_DECREF(made);
+    }
+    result = out;
+    out = NULL;
+bail:
+    Py_XDECREF(out);
+    Py_XDECREF(ctx.memo);
+    Py_XDECREF(ctx.storages);
+    Py_XDECREF(top);
+    Py_XDECREF(build_states);
+    nx_zip_close(&zip);
+    Py_XDECREF(map);
+    Py_XDECREF(key_list);
+    Py_XDECREF(path);
+    return result;
+}
+
+static PyMethodDef ckpt_methods[] = {
+    {"read_checkpoint", (PyCFunction)(void (*)(void))py_read_checkpoint, METH_VARARGS | METH_KEYWORDS,
+     "read_checkpoint(path, keys, verify_crc, factory) -> dict\n\n"
+     "Internal: use nnunet_export.read_checkpoint, which supplies the tensor factory."},
+    {NULL, NULL, 0, NULL},
+};
 
 int nx_add_checkpoint_functions(PyObject *module)
 {
-    (void)module;
-    return 0;
+    if (nx_mapping_add_type(module) < 0 || nx_lazy_add_type(module) < 0 ||
+        nx_crc32_add_functions(module) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, ckpt_methods);
 }

@@ -58,6 +58,8 @@ static int nx_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->PlansError);
     Py_VISIT(st->WeightsMismatchError);
     Py_VISIT(st->ordered_dict_type);
+    Py_VISIT(st->mapping_type);
+    Py_VISIT(st->lazy_type);
     return 0;
 }
 
@@ -70,6 +72,8 @@ static int nx_clear(PyObject *module)
     Py_CLEAR(st->PlansError);
     Py_CLEAR(st->WeightsMismatchError);
     Py_CLEAR(st->ordered_dict_type);
+    Py_CLEAR(st->mapping_type);
+    Py_CLEAR(st->lazy_type);
     return 0;
 }
 

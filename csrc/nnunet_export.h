@@ -73,6 +73,8 @@ typedef struct {
     PyObject *WeightsMismatchError;  /* state dict does not fit the network */
     /* checkpoint reader state (owned references, may be NULL until first use) */
     PyObject *ordered_dict_type;     /* collections.OrderedDict */
+    PyObject *mapping_type;          /* nnunet_export._core._Mapping (heap type, set at init) */
+    PyObject *lazy_type;             /* nnunet_export._core._Lazy (heap type, set at init) */
 } nx_state;
 
 /* Returns the module state of the _core module `module` (borrowed, never NULL). */
@@ -87,5 +89,123 @@ int nx_add_checkpoint_functions(PyObject *module);
 int nx_add_plans_functions(PyObject *module);
 int nx_add_thread_functions(PyObject *module);
 int nx_add_metadata_functions(PyObject *module);
+
+/* ---- checkpoint reader (mapping.c, zip_container.c, unpickler.c, materialize.c, checkpoint.c) ----
+ * Ownership: an nx_mapping owns its private file mapping; every NumPy array and tensor over file
+ * bytes holds a reference to it. nx_zip entries point INTO the mapping (borrowed, no copies). */
+
+/* A private (MAP_PRIVATE) read/write mapping of one whole file, exposed via the buffer protocol. */
+typedef struct {
+    PyObject_HEAD
+    uint8_t *base;   /* owned mmap of `size` bytes; writes never reach the file */
+    uint64_t size;   /* file size in bytes, > 0 */
+    PyObject *path;  /* owned str, for messages */
+} nx_mapping;
+
+/* Opens and maps `path` (str). Returns a new nx_mapping or NULL with CheckpointError/OSError set. */
+PyObject *nx_mapping_open(nx_state *st, PyObject *path);
+int nx_mapping_add_type(PyObject *module);
+
+/* One STORED ZIP entry, validated against the file bounds from the central directory; its local
+ * header is checked (and data_offset set) only when the entry is opened, so untouched entries
+ * (optimizer storages) cost no page faults. */
+typedef struct {
+    const char *name;     /* borrowed from the mapping, not NUL-terminated */
+    size_t name_len;
+    uint64_t central_at;    /* central directory record, for messages */
+    uint64_t header_offset; /* local header */
+    uint64_t limit;         /* next entry's local header (or the central directory) */
+    uint64_t data_offset;   /* first payload byte; valid once opened */
+    uint64_t size;          /* payload bytes (stored: compressed == uncompressed) */
+    uint32_t crc;           /* CRC32 from the central directory */
+    int opened;             /* local header checked */
+    int crc_checked;        /* CRC verified */
+} nx_zip_entry;
+
+typedef struct {
+    nx_zip_entry *entries; /* owned (PyMem), sorted by name */
+    size_t count;
+    size_t prefix_len;     /* length of the archive folder name (entries start with it and '/') */
+} nx_zip;
+
+/* Parses the central directory of the mapped file. Returns 0, or -1 with CheckpointError set. */
+int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip);
+void nx_zip_close(nx_zip *zip);
+/* Entry named "<folder>/<suffix>" or NULL (no exception). */
+nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_len);
+/* Checks the entry's local header (sets data_offset) and, if verify_crc, its CRC32 with the GIL
+ * released; each at most once. Returns 0, or -1 with CheckpointError set. */
+int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc);
+/* CRC-32 (zlib polynomial) continuing from `crc`; PCLMULQDQ when the CPU has it. No GIL needed. */
+uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len);
+int nx_crc32_add_functions(PyObject *module);
+
+/* Globals the unpickler recognises. Anything else becomes NX_G_UNSAFE and is never constructed. */
+typedef enum {
+    NX_G_UNSAFE = 0,
+    NX_G_ORDERED_DICT,
+    NX_G_REBUILD_TENSOR_V2,
+    NX_G_REBUILD_TENSOR_V3,
+    NX_G_REBUILD_PARAMETER,
+    NX_G_STORAGE,         /* torch.<X>Storage / torch.UntypedStorage; sub = dtype index */
+    NX_G_TORCH_DTYPE,     /* torch.float32 ...; sub = dtype index */
+    NX_G_DEVICE,
+    NX_G_NP_SCALAR,
+    NX_G_NP_DTYPE,
+    NX_G_NP_DTYPE_CLASS,  /* numpy.dtypes.Float64DType ...; name kept in nx_lazy.name */
+    NX_G_CODECS_ENCODE,
+} nx_global_id;
+
+typedef enum { NX_LAZY_GLOBAL, NX_LAZY_CALL, NX_LAZY_PERSID } nx_lazy_kind;
+
+/* Placeholder the unpickler leaves where a real Python object would be constructed. */
+typedef struct {
+    PyObject_HEAD
+    int kind;          /* nx_lazy_kind */
+    int global_id;     /* nx_global_id, for NX_LAZY_GLOBAL */
+    int sub;           /* dtype index for storage / dtype globals */
+    int newobj;        /* CALL came from NEWOBJ rather than REDUCE */
+    PyObject *name;    /* owned str "module.qualname" (GLOBAL) */
+    PyObject *func;    /* owned: callee (CALL) */
+    PyObject *args;    /* owned: argument tuple (CALL) or persistent id (PERSID) */
+    PyObject *state;   /* owned or NULL: BUILD state (CALL) */
+} nx_lazy;
+
+typedef struct {
+    const char *torch_name;   /* attribute of the torch module */
+    const char *storage_name; /* legacy typed-storage class or NULL (v3-only dtypes) */
+    int elsize;
+} nx_dtype_info;
+
+extern const nx_dtype_info nx_dtypes[];
+extern const int nx_dtype_count;
+#define NX_DTYPE_UINT8 8
+extern const char *const nx_np_dtype_classes[]; /* attribute names in numpy.dtypes */
+extern const int nx_np_dtype_class_count; /* index of uint8 in nx_dtypes (UntypedStorage elements) */
+
+int nx_lazy_add_type(PyObject *module);
+
+/* Runs the protocol-2 pickle `data` (entry `entry` of checkpoint `path`). Returns the top object
+ * with nx_lazy placeholders inside, and in *build_states a new dict {id(OrderedDict): [obj,
+ * state, ...]} of BUILD states to apply later; NULL with CheckpointError set on bad input. */
+PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uint8_t *data,
+                      uint64_t len, PyObject **build_states);
+
+/* Materialisation context of one read_checkpoint call. */
+typedef struct {
+    nx_state *st;
+    nx_mapping *map;       /* borrowed */
+    const nx_zip *zip;     /* borrowed */
+    PyObject *path;        /* borrowed str */
+    PyObject *factory;     /* borrowed trusted callable from the Python layer */
+    PyObject *build_states;/* borrowed dict from nx_unpickle */
+    PyObject *memo;        /* owned dict id(placeholder object) -> materialised object */
+    PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor) */
+    int verify_crc;
+    int depth;
+} nx_mat_ctx;
+
+/* Turns `obj` (top-level value of key `key`) into real objects. New reference or NULL. */
+PyObject *nx_materialize(nx_mat_ctx *ctx, PyObject *key, PyObject *obj);
 
 #endif /* NNUNET_EXPORT_H */

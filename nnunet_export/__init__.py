@@ -13,6 +13,7 @@ from ._core import (
     __version__,
 )
 from . import _torch_abi  # noqa: F401  (binds libtorch's stable C ABI once, at import)
+from .checkpoint import read_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -23,4 +24,5 @@ __all__ = [
     "WeightsMismatchError",
     "read_model_config",
     "__version__",
+    "read_checkpoint",
 ]

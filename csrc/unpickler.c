@@ -1,0 +1,867 @@
+/* Protocol-2 pickle VM for torch.save's data.pkl. It knows exactly the opcodes torch's
+ * weights-only loader accepts and never imports or calls anything named by the file: GLOBAL
+ * yields an nx_lazy marker (allowlisted or not), REDUCE/NEWOBJ yield nx_lazy calls, BINPERSID
+ * yields an nx_lazy storage reference. Only two calls run eagerly because they are inert and
+ * needed to build containers: OrderedDict() and _codecs.encode(str, 'latin1'). */
+#include "nnunet_export.h"
+
+#include <string.h>
+
+#define UPK_MAX_LINE 256 /* GLOBAL module / name lines */
+
+const nx_dtype_info nx_dtypes[] = {
+    {"float64", "DoubleStorage", 8},
+    {"float32", "FloatStorage", 4},
+    {"float16", "HalfStorage", 2},
+    {"bfloat16", "BFloat16Storage", 2},
+    {"int64", "LongStorage", 8},
+    {"int32", "IntStorage", 4},
+    {"int16", "ShortStorage", 2},
+    {"int8", "CharStorage", 1},
+    {"uint8", "ByteStorage", 1}, /* NX_DTYPE_UINT8 */
+    {"bool", "BoolStorage", 1},
+    {"complex128", "ComplexDoubleStorage", 16},
+    {"complex64", "ComplexFloatStorage", 8},
+    {"complex32", NULL, 4},
+    {"float8_e5m2", NULL, 1},
+    {"float8_e4m3fn", NULL, 1},
+    {"float8_e5m2fnuz", NULL, 1},
+    {"float8_e4m3fnuz", NULL, 1},
+    {"uint16", NULL, 2},
+    {"uint32", NULL, 4},
+    {"uint64", NULL, 8},
+};
+const int nx_dtype_count = (int)(sizeof nx_dtypes / sizeof nx_dtypes[0]);
+
+/* numpy 2 pickles dtype classes as numpy.dtypes.<Name>; only these numeric ones are accepted. */
+const char *const nx_np_dtype_classes[] = {
+    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType",
+    "UInt32DType", "Int64DType", "UInt64DType", "Float16DType", "Float32DType", "Float64DType",
+    "Complex64DType", "Complex128DType", "LongDType", "ULongDType", "LongLongDType",
+    "ULongLongDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType", "UIntDType",
+};
+const int nx_np_dtype_class_count = (int)(sizeof nx_np_dtype_classes / sizeof nx_np_dtype_classes[0]);
+
+static const char kUpkError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s";
+static const char kUpkUnknownOpcode[] =
+    "checkpoint '%U': %s byte %llu: opcode 0x%02x (%s) is not allowed; only the protocol-2 "
+    "opcodes torch's weights-only loader accepts are";
+static const char kUpkTruncated[] = "checkpoint '%U': %s ends inside opcode %s at byte %llu";
+static const char kUpkNoStop[] = "checkpoint '%U': %s ends without STOP";
+
+/* ---- nx_lazy: placeholder objects (GC-tracked: args may contain cycles via the memo) ---- */
+
+static int lazy_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    nx_lazy *z = (nx_lazy *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(z->name);
+    Py_VISIT(z->func);
+    Py_VISIT(z->args);
+    Py_VISIT(z->state);
+    return 0;
+}
+
+static int lazy_clear(PyObject *self)
+{
+    nx_lazy *z = (nx_lazy *)self;
+    Py_CLEAR(z->name);
+    Py_CLEAR(z->func);
+    Py_CLEAR(z->args);
+    Py_CLEAR(z->state);
+    return 0;
+}
+
+static void lazy_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    /* hostile pickles can nest calls 100k deep: defer like tuples do instead of recursing */
+    Py_TRASHCAN_BEGIN(self, lazy_dealloc)
+    lazy_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+    Py_TRASHCAN_END
+}
+
+static PyObject *lazy_repr(PyObject *self)
+{
+    nx_lazy *z = (nx_lazy *)self;
+    static const char *kinds[] = {"global", "call", "persistent id"};
+    return PyUnicode_FromFormat("<unconstructed %s %R>", kinds[z->kind],
+                                z->name != NULL ? z->name : Py_None);
+}
+
+static PyType_Slot lazy_slots[] = {
+    {Py_tp_dealloc, lazy_dealloc},
+    {Py_tp_traverse, lazy_traverse},
+    {Py_tp_clear, lazy_clear},
+    {Py_tp_repr, lazy_repr},
+    {Py_tp_doc, "Unconstructed pickle object (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec lazy_spec = {
+    .name = "nnunet_export._core._Lazy",
+    .basicsize = sizeof(nx_lazy),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = lazy_slots,
+};
+
+int nx_lazy_add_type(PyObject *module)
+{
+    nx_state *st = nx_get_state(module);
+    st->lazy_type = PyType_FromModuleAndSpec(module, &lazy_spec, NULL);
+    return st->lazy_type == NULL ? -1 : 0;
+}
+
+static nx_lazy *upk_new_lazy(nx_state *st, int kind)
+{
+    nx_lazy *z = PyObject_GC_New(nx_lazy, (PyTypeObject *)st->lazy_type);
+    if (z == NULL) {
+        return NULL;
+    }
+    z->kind = kind;
+    z->global_id = NX_G_UNSAFE;
+    z->sub = -1;
+    z->newobj = 0;
+    z->name = z->func = z->args = z->state = NULL;
+    PyObject_GC_Track((PyObject *)z);
+    return z;
+}
+
+/* ---- allowlist ---- */
+
+typedef struct {
+    const char *module;
+    const char *name;
+    int id;
+} upk_allowed;
+
+static const upk_allowed upk_allowlist[] = {
+    {"collections", "OrderedDict", NX_G_ORDERED_DICT},
+    {"torch._utils", "_rebuild_tensor_v2", NX_G_REBUILD_TENSOR_V2},
+    {"torch._utils", "_rebuild_tensor_v3", NX_G_REBUILD_TENSOR_V3},
+    {"torch._utils", "_rebuild_parameter", NX_G_REBUILD_PARAMETER},
+    {"torch", "device", NX_G_DEVICE},
+    {"numpy.core.multiarray", "scalar", NX_G_NP_SCALAR},
+    {"numpy._core.multiarray", "scalar", NX_G_NP_SCALAR},
+    {"numpy", "dtype", NX_G_NP_DTYPE},
+    {"_codecs", "encode", NX_G_CODECS_ENCODE},
+};
+
+/* Classifies "module name"; sets *sub for storage and dtype globals. */
+static int upk_classify(const char *module, const char *name, int *sub)
+{
+    *sub = -1;
+    for (size_t i = 0; i < sizeof upk_allowlist / sizeof upk_allowlist[0]; i++) {
+        if (strcmp(module, upk_allowlist[i].module) == 0 && strcmp(name, upk_allowlist[i].name) == 0) {
+            return upk_allowlist[i].id;
+        }
+    }
+    /* v3 tensors (float8, uint16, ...) pickle their storage as torch.storage.UntypedStorage */
+    if ((strcmp(module, "torch") == 0 || strcmp(module, "torch.storage") == 0) &&
+        strcmp(name, "UntypedStorage") == 0) {
+        *sub = NX_DTYPE_UINT8;
+        return NX_G_STORAGE;
+    }
+    if (strcmp(module, "torch") == 0) {
+        for (int i = 0; i < nx_dtype_count; i++) {
+            if (nx_dtypes[i].storage_name != NULL && strcmp(name, nx_dtypes[i].storage_name) == 0) {
+                *sub = i;
+                return NX_G_STORAGE;
+            }
+            if (strcmp(name, nx_dtypes[i].torch_name) == 0) {
+                *sub = i;
+                return NX_G_TORCH_DTYPE;
+            }
+        }
+    }
+    if (strcmp(module, "numpy.dtypes") == 0) {
+        for (int i = 0; i < nx_np_dtype_class_count; i++) {
+            if (strcmp(name, nx_np_dtype_classes[i]) == 0) {
+                *sub = i;
+                return NX_G_NP_DTYPE_CLASS;
+            }
+        }
+    }
+    return NX_G_UNSAFE;
+}
+
+/* ---- the VM ---- */
+
+typedef struct {
+    nx_state *st;
+    PyObject *path;
+    const char *entry;
+    const uint8_t *data;
+    uint64_t len;
+    uint64_t pos;     /* next byte */
+    uint64_t op_at;   /* offset of the current opcode */
+    const char *op;   /* current opcode name */
+    PyObject **stack; /* owned references */
+    size_t sp, stack_cap;
+    size_t *marks;
+    size_t nmarks, marks_cap;
+    PyObject **memo;  /* owned references or NULL */
+    size_t memo_cap;
+    PyObject *build_states;
+    PyObject *ordered_dict; /* borrowed type */
+} upk_vm;
+
+static int upk_fail(upk_vm *vm, const char *why)
+{
+    PyErr_Format(vm->st->CheckpointError, kUpkError, vm->path, vm->entry,
+                 (unsigned long long)vm->op_at, vm->op, why);
+    return -1;
+}
+
+/* Wraps the current Python exception (e.g. a bad UTF-8 string) into a CheckpointError. */
+static int upk_fail_from_python(upk_vm *vm, const char *what)
+{
+    PyObject *type = NULL, *exc = NULL, *tb = NULL;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
+    PyErr_Clear();
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Format(vm->st->CheckpointError, "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)",
+                 vm->path, vm->entry, (unsigned long long)vm->op_at, vm->op, what,
+                 msg != NULL ? msg : Py_None);
+    Py_XDECREF(msg);
+    Py_XDECREF(exc);
+    return -1;
+}
+
+static const uint8_t *upk_read(upk_vm *vm, uint64_t n)
+{
+    if (n > vm->len - vm->pos) {
+        PyErr_Format(vm->st->CheckpointError, kUpkTruncated, vm->path, vm->entry, vm->op,
+                     (unsigned long long)vm->op_at);
+        return NULL;
+    }
+    const uint8_t *p = vm->data + vm->pos;
+    vm->pos += n;
+    return p;
+}
+
+/* Pushes a new reference (stolen, also on failure). Stack size is bounded by the pickle length
+ * because every push consumes at least one byte. */
+static int upk_push(upk_vm *vm, PyObject *obj)
+{
+    if (obj == NULL) {
+        return -1;
+    }
+    if (vm->sp == vm->stack_cap) {
+        size_t cap = vm->stack_cap ? vm->stack_cap * 2 : 64;
+        PyObject **grown = PyMem_Realloc(vm->stack, cap * sizeof *grown);
+        if (grown == NULL) {
+            Py_DECREF(obj);
+            PyErr_NoMemory();
+            return -1;
+        }
+        vm->stack = grown;
+        vm->stack_cap = cap;
+    }
+    vm->stack[vm->sp++] = obj;
+    return 0;
+}
+
+/* Returns a new reference popped from the stack (or NULL with an error: underflow or crossing
+ * the last MARK). */
+static PyObject *upk_pop(upk_vm *vm)
+{
+    size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+    if (vm->sp <= floor) {
+        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        return NULL;
+    }
+    return vm->stack[--vm->sp];
+}
+
+static PyObject *upk_top(upk_vm *vm)
+{
+    size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+    if (vm->sp <= floor) {
+        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        return NULL;
+    }
+    return vm->stack[vm->sp - 1];
+}
+
+/* Pops the last MARK; returns the stack index where the marked items start, or -1. */
+static Py_ssize_t upk_pop_mark(upk_vm *vm)
+{
+    if (vm->nmarks == 0) {
+        upk_fail(vm, "no MARK on the stack");
+        return -1;
+    }
+    return (Py_ssize_t)vm->marks[--vm->nmarks];
+}
+
+static PyObject *upk_tuple_from(upk_vm *vm, size_t start)
+{
+    PyObject *t = PyTuple_New((Py_ssize_t)(vm->sp - start));
+    if (t == NULL) {
+        return NULL;
+    }
+    for (size_t i = start; i < vm->sp; i++) {
+        PyTuple_SET_ITEM(t, (Py_ssize_t)(i - start), vm->stack[i]);
+    }
+    vm->sp = start;
+    return t;
+}
+
+static int upk_memo_put(upk_vm *vm, uint64_t idx)
+{
+    PyObject *top = upk_top(vm);
+    if (top == NULL) {
+        return -1;
+    }
+    /* Real indices are below the number of PUT opcodes, hence below the pickle length: this
+     * bounds the memo allocation by the input size. */
+    if (idx >= vm->len) {
+        return upk_fail(vm, "memo index larger than the pickle could ever fill");
+    }
+    if (idx >= vm->memo_cap) {
+        size_t cap = vm->memo_cap ? vm->memo_cap : 64;
+        while (cap <= idx) {
+            cap *= 2;
+        }
+        PyObject **grown = PyMem_Realloc(vm->memo, cap * sizeof *grown);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(grown + vm->memo_cap, 0, (cap - vm->memo_cap) * sizeof *grown);
+        vm->memo = grown;
+        vm->memo_cap = cap;
+    }
+    Py_XSETREF(vm->memo[idx], Py_NewRef(top));
+    return 0;
+}
+
+static int upk_memo_get(upk_vm *vm, uint64_t idx)
+{
+    if (idx >= vm->memo_cap || vm->memo[idx] == NULL) {
+        return upk_fail(vm, "memo index was never stored");
+    }
+    return upk_push(vm, Py_NewRef(vm->memo[idx]));
+}
+
+static int upk_global(upk_vm *vm)
+{
+    char parts[2][UPK_MAX_LINE + 1];
+    for (int i = 0; i < 2; i++) {
+        uint64_t start = vm->pos;
+        const uint8_t *nl = memchr(vm->data + start, '\n', (size_t)(vm->len - start));
+        if (nl == NULL) {
+            return upk_read(vm, vm->len - start + 1) == NULL ? -1 : -1;
+        }
+        uint64_t n = (uint64_t)(nl - (vm->data + start));
+        if (n == 0 || n > UPK_MAX_LINE) {
+            return upk_fail(vm, "module or name empty or longer than 256 bytes");
+        }
+        for (uint64_t k = 0; k < n; k++) {
+            uint8_t c = vm->data[start + k];
+            if (c < 0x21 || c > 0x7e) {
+                return upk_fail(vm, "module or name is not printable ASCII");
+            }
+        }
+        memcpy(parts[i], vm->data + start, (size_t)n);
+        parts[i][n] = '\0';
+        vm->pos = start + n + 1;
+    }
+    nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_GLOBAL);
+    if (z == NULL) {
+        return -1;
+    }
+    z->global_id = upk_classify(parts[0], parts[1], &z->sub);
+    z->name = PyUnicode_FromFormat("%s.%s", parts[0], parts[1]);
+    if (z->name == NULL) {
+        Py_DECREF(z);
+        return -1;
+    }
+    return upk_push(vm, (PyObject *)z);
+}
+
+static int upk_is_global(PyObject *obj, nx_state *st, int id)
+{
+    return Py_IS_TYPE(obj, (PyTypeObject *)st->lazy_type) && ((nx_lazy *)obj)->kind == NX_LAZY_GLOBAL &&
+           ((nx_lazy *)obj)->global_id == id;
+}
+
+/* REDUCE / NEWOBJ: never calls anything named by the file. */
+static int upk_reduce(upk_vm *vm, int newobj)
+{
+    PyObject *args = upk_pop(vm);
+    PyObject *func = NULL;
+    PyObject *result = NULL;
+    if (args == NULL) {
+        return -1;
+    }
+    func = upk_pop(vm);
+    if (func == NULL) {
+        goto bail;
+    }
+    if (!PyTuple_CheckExact(args)) {
+        upk_fail(vm, "argument is not a tuple");
+        goto bail;
+    }
+    if (!Py_IS_TYPE(func, (PyTypeObject *)vm->st->lazy_type)) {
+        upk_fail(vm, "callable is not a global");
+        goto bail;
+    }
+    if (!newobj && upk_is_global(func, vm->st, NX_G_ORDERED_DICT) && PyTuple_GET_SIZE(args) == 0) {
+        /* An empty OrderedDict is inert; it must exist now so SETITEMS can fill it. */
+        result = PyObject_CallNoArgs(vm->ordered_dict);
+    } else if (!newobj && upk_is_global(func, vm->st, NX_G_CODECS_ENCODE) &&
+               PyTuple_GET_SIZE(args) == 2 && PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) &&
+               PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 1)) &&
+               PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(args, 1), "latin1") == 0) {
+        /* NumPy scalars carry their raw bytes as a latin1 str; decode it to bytes right here. */
+        result = PyUnicode_AsLatin1String(PyTuple_GET_ITEM(args, 0));
+        if (result == NULL) {
+            upk_fail_from_python(vm, "_codecs.encode argument is not latin1");
+            goto bail;
+        }
+    } else {
+        nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_CALL);
+        if (z != NULL) {
+            z->newobj = newobj;
+            z->func = Py_NewRef(func);
+            z->args = Py_NewRef(args);
+        }
+        result = (PyObject *)z;
+    }
+bail:
+    Py_XDECREF(func);
+    Py_DECREF(args);
+    return result == NULL ? -1 : upk_push(vm, result);
+}
+
+static int upk_build(upk_vm *vm)
+{
+    PyObject *state = upk_pop(vm);
+    PyObject *inst = NULL;
+    PyObject *key = NULL, *entry = NULL;
+    int rc = -1;
+    if (state == NULL || (inst = upk_top(vm)) == NULL) {
+        goto bail;
+    }
+    if (Py_IS_TYPE(inst, (PyTypeObject *)vm->ordered_dict)) {
+        /* state_dict()'s `_metadata` attribute: applied when the dict is materialised. */
+        key = PyLong_FromVoidPtr(inst);
+        if (key == NULL) {
+            goto bail;
+        }
+        entry = PyDict_GetItemWithError(vm->build_states, key);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) {
+                goto bail;
+            }
+            entry = PyList_New(0);
+            if (entry == NULL || PyList_Append(entry, inst) < 0 ||
+                PyDict_SetItem(vm->build_states, key, entry) < 0) {
+                Py_XDECREF(entry);
+                goto bail;
+            }
+            Py_DECREF(entry);
+        }
+        rc = PyList_Append(entry, state);
+    } else if (Py_IS_TYPE(inst, (PyTypeObject *)vm->st->lazy_type) &&
+               ((nx_lazy *)inst)->kind == NX_LAZY_CALL && ((nx_lazy *)inst)->state == NULL) {
+        ((nx_lazy *)inst)->state = Py_NewRef(state);
+        rc = 0;
+    } else {
+        upk_fail(vm, "BUILD target is not an OrderedDict or a reconstructed object");
+    }
+bail:
+    Py_XDECREF(key);
+    Py_XDECREF(state);
+    return rc;
+}
+
+static int upk_setitems(upk_vm *vm, Py_ssize_t start)
+{
+    if (start < 1 || (size_t)start > vm->sp || ((size_t)(vm->sp - (size_t)start)) % 2 != 0) {
+        return upk_fail(vm, "needs a dict below the MARK and key/value pairs above it");
+    }
+    PyObject *target = vm->stack[start - 1];
+    if (!PyDict_CheckExact(target) && !Py_IS_TYPE(target, (PyTypeObject *)vm->ordered_dict)) {
+        return upk_fail(vm, "target is not a dict or OrderedDict");
+    }
+    for (size_t i = (size_t)start; i < vm->sp; i += 2) {
+        /* Keys are built-in values or placeholders: hashing them runs no code from the file. */
+        if (PyObject_SetItem(target, vm->stack[i], vm->stack[i + 1]) < 0) {
+            return upk_fail_from_python(vm, "bad dict key");
+        }
+    }
+    while (vm->sp > (size_t)start) {
+        Py_DECREF(vm->stack[--vm->sp]);
+    }
+    return 0;
+}
+
+static int upk_appends(upk_vm *vm, Py_ssize_t start)
+{
+    if (start < 1 || (size_t)start > vm->sp) {
+        return upk_fail(vm, "needs a list below the MARK");
+    }
+    PyObject *target = vm->stack[start - 1];
+    if (!PyList_CheckExact(target)) {
+        return upk_fail(vm, "target is not a list");
+    }
+    for (size_t i = (size_t)start; i < vm->sp; i++) {
+        if (PyList_Append(target, vm->stack[i]) < 0) {
+            return -1;
+        }
+    }
+    while (vm->sp > (size_t)start) {
+        Py_DECREF(vm->stack[--vm->sp]);
+    }
+    return 0;
+}
+
+/* LONG1: little-endian two's complement, n <= 255 bytes. */
+static PyObject *upk_long(const uint8_t *p, size_t n)
+{
+    if (n == 0) {
+        return PyLong_FromLong(0);
+    }
+    return _PyLong_FromByteArray(p, n, 1, 1);
+}
+
+static const char *upk_opcode_name(uint8_t op)
+{
+    switch (op) {
+    case 'I': return "INT";
+    case 'L': return "LONG";
+    case 'S': return "STRING";
+    case 'T': return "BINSTRING";
+    case 'V': return "UNICODE";
+    case 'F': return "FLOAT";
+    case 'P': return "PERSID";
+    case 'i': return "INST";
+    case 'o': return "OBJ";
+    case 'g': return "GET";
+    case 'p': return "PUT";
+    case '0': return "POP";
+    case '1': return "POP_MARK";
+    case '2': return "DUP";
+    case 'd': return "DICT";
+    case 'l': return "LIST";
+    case 0x82: return "EXT1";
+    case 0x83: return "EXT2";
+    case 0x84: return "EXT4";
+    case 0x8b: return "LONG4";
+    case 0x8c: return "SHORT_BINUNICODE";
+    case 0x8d: return "BINUNICODE8";
+    case 0x8e: return "BINBYTES8";
+    case 0x90: return "ADDITEMS";
+    case 0x91: return "FROZENSET";
+    case 0x92: return "NEWOBJ_EX";
+    case 0x93: return "STACK_GLOBAL";
+    case 0x94: return "MEMOIZE";
+    case 0x95: return "FRAME";
+    case 0x96: return "BYTEARRAY8";
+    case 0x97: return "NEXT_BUFFER";
+    case 0x98: return "READONLY_BUFFER";
+    case 'B': return "BINBYTES";
+    case 'C': return "SHORT_BINBYTES";
+    default: return "unknown";
+    }
+}
+
+/* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
+static int upk_step(upk_vm *vm)
+{
+    const uint8_t *p;
+    uint8_t op;
+    vm->op_at = vm->pos;
+    vm->op = "?";
+    if ((p = upk_read(vm, 1)) == NULL) {
+        return -1;
+    }
+    op = *p;
+    switch (op) {
+    case 0x80: /* PROTO */
+        vm->op = "PROTO";
+        if ((p = upk_read(vm, 1)) == NULL) {
+            return -1;
+        }
+        if (vm->op_at != 0 || *p > 2) {
+            return upk_fail(vm, "only protocol 2 (first opcode) is accepted");
+        }
+        return 0;
+    case '.': /* STOP */
+        vm->op = "STOP";
+        return 1;
+    case 'c':
+        vm->op = "GLOBAL";
+        return upk_global(vm);
+    case 'R':
+        vm->op = "REDUCE";
+        return upk_reduce(vm, 0);
+    case 0x81:
+        vm->op = "NEWOBJ";
+        return upk_reduce(vm, 1);
+    case 'b':
+        vm->op = "BUILD";
+        return upk_build(vm);
+    case '(':
+        vm->op = "MARK";
+        if (vm->nmarks == vm->marks_cap) {
+            size_t cap = vm->marks_cap ? vm->marks_cap * 2 : 32;
+            size_t *grown = PyMem_Realloc(vm->marks, cap * sizeof *grown);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            vm->marks = grown;
+            vm->marks_cap = cap;
+        }
+        vm->marks[vm->nmarks++] = vm->sp;
+        return 0;
+    case ')':
+        vm->op = "EMPTY_TUPLE";
+        return upk_push(vm, PyTuple_New(0));
+    case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
+        static const char *names[] = {"TUPLE1", "TUPLE2", "TUPLE3"};
+        size_t n = (size_t)(op - 0x84);
+        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+        vm->op = names[n - 1];
+        if (vm->sp < floor + n) {
+            return upk_fail(vm, "not enough items on the stack");
+        }
+        return upk_push(vm, upk_tuple_from(vm, vm->sp - n));
+    }
+    case 't': {
+        vm->op = "TUPLE";
+        Py_ssize_t start = upk_pop_mark(vm);
+        return start < 0 ? -1 : upk_push(vm, upk_tuple_from(vm, (size_t)start));
+    }
+    case ']':
+        vm->op = "EMPTY_LIST";
+        return upk_push(vm, PyList_New(0));
+    case '}':
+        vm->op = "EMPTY_DICT";
+        return upk_push(vm, PyDict_New());
+    case 0x8f:
+        vm->op = "EMPTY_SET";
+        return upk_push(vm, PySet_New(NULL));
+    case 'a': {
+        vm->op = "APPEND";
+        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+        if (vm->sp < floor + 2) {
+            return upk_fail(vm, "needs a list and an item");
+        }
+        return upk_appends(vm, (Py_ssize_t)vm->sp - 1);
+    }
+    case 'e': {
+        vm->op = "APPENDS";
+        Py_ssize_t start = upk_pop_mark(vm);
+        return start < 0 ? -1 : upk_appends(vm, start);
+    }
+    case 's': {
+        vm->op = "SETITEM";
+        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+        if (vm->sp < floor + 3) {
+            return upk_fail(vm, "needs a dict, a key and a value");
+        }
+        return upk_setitems(vm, (Py_ssize_t)vm->sp - 2);
+    }
+    case 'u': {
+        vm->op = "SETITEMS";
+        Py_ssize_t start = upk_pop_mark(vm);
+        return start < 0 ? -1 : upk_setitems(vm, start);
+    }
+    case 'J':
+        vm->op = "BININT";
+        if ((p = upk_read(vm, 4)) == NULL) {
+            return -1;
+        }
+        return upk_push(vm, PyLong_FromLong((long)(int32_t)((uint32_t)p[0] | ((uint32_t)p[1] << 8) |
+                                                            ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24))));
+    case 'K':
+        vm->op = "BININT1";
+        if ((p = upk_read(vm, 1)) == NULL) {
+            return -1;
+        }
+        return upk_push(vm, PyLong_FromLong(p[0]));
+    case 'M':
+        vm->op = "BININT2";
+        if ((p = upk_read(vm, 2)) == NULL) {
+            return -1;
+        }
+        return upk_push(vm, PyLong_FromLong(p[0] | (p[1] << 8)));
+    case 0x8a:
+        vm->op = "LONG1";
+        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
+            return -1;
+        }
+        return upk_push(vm, upk_long(p, vm->data[vm->op_at + 1]));
+    case 'G': {
+        vm->op = "BINFLOAT";
+        if ((p = upk_read(vm, 8)) == NULL) {
+            return -1;
+        }
+        double d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
+        if (d == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        return upk_push(vm, PyFloat_FromDouble(d));
+    }
+    case 'X': {
+        vm->op = "BINUNICODE";
+        if ((p = upk_read(vm, 4)) == NULL) {
+            return -1;
+        }
+        uint64_t n = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 24);
+        /* The declared length is checked against the remaining bytes before anything is allocated. */
+        if ((p = upk_read(vm, n)) == NULL) {
+            return -1;
+        }
+        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogatepass");
+        if (s == NULL) {
+            return upk_fail_from_python(vm, "string is not UTF-8");
+        }
+        return upk_push(vm, s);
+    }
+    case 'U': {
+        vm->op = "SHORT_BINSTRING";
+        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
+            return -1;
+        }
+        /* torch.load decodes protocol-2 byte strings with encoding='utf-8' */
+        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, vm->data[vm->op_at + 1], "strict");
+        if (s == NULL) {
+            return upk_fail_from_python(vm, "string is not UTF-8");
+        }
+        return upk_push(vm, s);
+    }
+    case 'h':
+        vm->op = "BINGET";
+        if ((p = upk_read(vm, 1)) == NULL) {
+            return -1;
+        }
+        return upk_memo_get(vm, p[0]);
+    case 'j':
+        vm->op = "LONG_BINGET";
+        if ((p = upk_read(vm, 4)) == NULL) {
+            return -1;
+        }
+        return upk_memo_get(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
+                                    ((uint64_t)p[3] << 24));
+    case 'q':
+        vm->op = "BINPUT";
+        if ((p = upk_read(vm, 1)) == NULL) {
+            return -1;
+        }
+        return upk_memo_put(vm, p[0]);
+    case 'r':
+        vm->op = "LONG_BINPUT";
+        if ((p = upk_read(vm, 4)) == NULL) {
+            return -1;
+        }
+        return upk_memo_put(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
+                                    ((uint64_t)p[3] << 24));
+    case 'Q': {
+        vm->op = "BINPERSID";
+        PyObject *pid = upk_pop(vm);
+        if (pid == NULL) {
+            return -1;
+        }
+        if (!PyTuple_CheckExact(pid)) {
+            Py_DECREF(pid);
+            return upk_fail(vm, "persistent id is not a tuple");
+        }
+        nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_PERSID);
+        if (z == NULL) {
+            Py_DECREF(pid);
+            return -1;
+        }
+        z->args = pid;
+        return upk_push(vm, (PyObject *)z);
+    }
+    case 'N':
+        vm->op = "NONE";
+        return upk_push(vm, Py_NewRef(Py_None));
+    case 0x88:
+        vm->op = "NEWTRUE";
+        return upk_push(vm, Py_NewRef(Py_True));
+    case 0x89:
+        vm->op = "NEWFALSE";
+        return upk_push(vm, Py_NewRef(Py_False));
+    default:
+        PyErr_Format(vm->st->CheckpointError, kUpkUnknownOpcode, vm->path, vm->entry,
+                     (unsigned long long)vm->op_at, (unsigned)op, upk_opcode_name(op));
+        return -1;
+    }
+}
+
+PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uint8_t *data,
+                      uint64_t len, PyObject **build_states)
+{
+    upk_vm vm;
+    PyObject *result = NULL;
+    int rc = 0;
+
+    memset(&vm, 0, sizeof vm);
+    vm.st = st;
+    vm.path = path;
+    vm.entry = entry;
+    vm.data = data;
+    vm.len = len;
+    *build_states = NULL;
+    vm.build_states = PyDict_New();
+    if (vm.build_states == NULL) {
+        goto bail;
+    }
+    if (st->ordered_dict_type == NULL) {
+        PyObject *collections = PyImport_ImportModule("collections");
+        if (collections == NULL) {
+            goto bail;
+        }
+        st->ordered_dict_type = PyObject_GetAttrString(collections, "OrderedDict");
+        Py_DECREF(collections);
+        if (st->ordered_dict_type == NULL) {
+            goto bail;
+        }
+    }
+    vm.ordered_dict = st->ordered_dict_type;
+    while (rc == 0) {
+        if (vm.pos >= vm.len) {
+            PyErr_Format(st->CheckpointError, kUpkNoStop, path, entry);
+            goto bail;
+        }
+        rc = upk_step(&vm);
+    }
+    if (rc < 0) {
+        goto bail;
+    }
+    if (vm.sp != 1 || vm.nmarks != 0) {
+        upk_fail(&vm, "STOP with a stack other than exactly one object");
+        goto bail;
+    }
+    if (vm.pos != vm.len) {
+        upk_fail(&vm, "bytes follow STOP");
+        goto bail;
+    }
+    result = vm.stack[--vm.sp];
+    *build_states = vm.build_states;
+    vm.build_states = NULL;
+bail:
+    while (vm.sp > 0) {
+        Py_DECREF(vm.stack[--vm.sp]);
+    }
+    for (size_t i = 0; i < vm.memo_cap; i++) {
+        Py_XDECREF(vm.memo[i]);
+    }
+    PyMem_Free(vm.stack);
+    PyMem_Free(vm.marks);
+    PyMem_Free(vm.memo);
+    Py_XDECREF(vm.build_states);
+    return result;
+}

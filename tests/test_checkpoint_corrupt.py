@@ -1,0 +1,360 @@
+"""read_checkpoint on damaged files: every case is an ExportError naming the file and the place,
+never a crash, hang or silently wrong tensor."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import struct
+import warnings
+import zipfile
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from nnunet_export import CheckpointError, ExportError, read_checkpoint
+from checkpoint_helpers import (
+    ALL_KEYS,
+    assert_checkpoint_parity,
+    p_global,
+    p_int,
+    p_rebuild,
+    p_storage,
+    p_top,
+    rewrite_zip,
+    save_small_checkpoint,
+    zip_with_pickle,
+)
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    """(path, raw bytes, torch.load reference) of a small nnU-Net-shaped checkpoint."""
+    path = tmp_path_factory.mktemp("corrupt") / "checkpoint_final.pth"
+    save_small_checkpoint(path, features=(2, 4))
+    return path, path.read_bytes(), torch.load(path, weights_only=False)
+
+
+def _write(tmp_path, raw: bytes, name="damaged.pth"):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return path
+
+
+def _fails(path, match, keys=ALL_KEYS, exc=CheckpointError):
+    with pytest.raises(exc, match=match) as info:
+        read_checkpoint(path, keys)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+class _Collect(pickle.Unpickler):
+    """Test-only unpickler that maps each tensor to its storage key (never builds tensors)."""
+
+    def persistent_load(self, pid):
+        return pid[2]
+
+    def find_class(self, module, name):
+        if name.startswith("_rebuild_tensor"):
+            return lambda storage, *args: ("storage", storage)
+        if name == "_rebuild_parameter":
+            return lambda data, *args: data
+        if name == "OrderedDict":
+            return OrderedDict
+        return _Anything
+
+
+class _Anything:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _storage_keys(value) -> set[str]:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "storage":
+        return {value[1]}
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return set().union(*(_storage_keys(v) for v in children)) if children else set()
+
+
+def _payload_span(raw: bytes, suffix: str) -> tuple[int, int]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        info = next(i for i in z.infolist() if i.filename.split("/", 1)[1] == suffix)
+    nlen, xlen = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    start = info.header_offset + 30 + nlen + xlen
+    return start, start + info.file_size
+
+
+def _pickle_of(raw: bytes) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+
+
+# ---- the file itself ----
+
+
+def test_missing_file_and_directory_and_fifo(tmp_path):
+    err = _fails(tmp_path / "nope.pth", "cannot open: No such file or directory")
+    assert isinstance(err.__cause__, FileNotFoundError)
+    _fails(tmp_path, "is a directory, not a checkpoint file")
+    err = _fails(tmp_path / "file" / "x.pth" if (tmp_path / "file").write_bytes(b"x") else None,
+                 "cannot open: Not a directory")
+    assert isinstance(err.__cause__, NotADirectoryError)
+    os.mkfifo(tmp_path / "fifo")
+    _fails(tmp_path / "fifo", "not a regular file")  # and no hang waiting for a writer
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions; the OSError path is "
+                    "covered by the missing-file and not-a-directory cases")
+def test_permission_denied(tmp_path, original):
+    path = _write(tmp_path, original[1])
+    path.chmod(0)
+    err = _fails(path, "cannot open: Permission denied")
+    assert isinstance(err.__cause__, PermissionError)
+
+
+def test_empty_and_not_a_zip(tmp_path):
+    _fails(_write(tmp_path, b""), r"the file is empty \(0 bytes\)")
+    _fails(_write(tmp_path, b"hello, not a checkpoint\n" * 100), "not a ZIP archive")
+    _fails(_write(tmp_path, bytes(random.Random(1).getrandbits(8) for _ in range(70000))), "not a ZIP archive")
+
+
+def test_legacy_and_big_endian_formats(tmp_path, original):
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"network_weights": OrderedDict(w=torch.ones(2))}, legacy, _use_new_zipfile_serialization=False)
+    _fails(legacy, r"legacy \(pre-zip, torch < 1.6\) torch.save format")
+    big = _write(tmp_path, rewrite_zip(original[1], replace={"byteorder": b"big"}))
+    _fails(big, "byteorder entry says b'big'; only little-endian checkpoints are supported")
+
+
+# ---- truncation and bit flips ----
+
+
+def test_truncated_at_every_byte_of_the_first_4_kib_and_at_random_offsets(tmp_path, original):
+    raw = original[1]
+    rng = random.Random(0)
+    cuts = list(range(4096)) + [rng.randrange(4096, len(raw)) for _ in range(300)] + [len(raw) - 1]
+    path = tmp_path / "truncated.pth"
+    for cut in cuts:
+        path.write_bytes(raw[:cut])
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path, ALL_KEYS)
+        assert str(path) in str(info.value), cut
+
+
+def _flip_and_read(path, raw: bytes, position: int, bit: int, reference) -> str:
+    damaged = bytearray(raw)
+    damaged[position] ^= 1 << bit
+    path.write_bytes(damaged)
+    try:
+        result = read_checkpoint(path, ALL_KEYS)
+    except ExportError:
+        return "error"
+    assert_checkpoint_parity(result, reference)  # identical, or it is a silent corruption
+    return "same"
+
+
+def test_1000_random_bit_flips(tmp_path, original):
+    _, raw, reference = original
+    outcomes = {"error": 0, "same": 0}
+    path = tmp_path / "flipped.pth"
+    for seed in range(1000):
+        rng = random.Random(seed)
+        outcomes[_flip_and_read(path, raw, rng.randrange(len(raw)), rng.randrange(8), reference)] += 1
+    assert outcomes["error"] > 0 and sum(outcomes.values()) == 1000
+
+
+def test_bit_flips_in_structure_bytes(tmp_path, original):
+    """Flips outside storage payloads (headers, directory, pickle): 600 seeds."""
+    _, raw, reference = original
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        payload = [_payload_span(raw, i.filename.split("/", 1)[1]) for i in z.infolist()
+                   if "/data/" in i.filename]
+    structure = [p for p in range(len(raw)) if not any(a <= p < b for a, b in payload)]
+    path = tmp_path / "flipped.pth"
+    outcomes = {"error": 0, "same": 0}
+    for seed in range(600):
+        rng = random.Random(10_000 + seed)
+        outcomes[_flip_and_read(path, raw, rng.choice(structure), rng.randrange(8), reference)] += 1
+    assert outcomes["error"] > 0 and outcomes["same"] > 0
+
+
+def test_weight_byte_corruption_is_caught_by_crc(tmp_path, original):
+    _, raw, reference = original
+    keys = _storage_keys(_Collect(io.BytesIO(_pickle_of(raw))).load()["network_weights"])
+    key = sorted(keys)[0]
+    start, end = _payload_span(raw, f"data/{key}")
+    damaged = bytearray(raw)
+    damaged[(start + end) // 2] ^= 0x10
+    path = _write(tmp_path, bytes(damaged))
+    _fails(path, rf"entry '\w+/data/{key}' \(payload at byte {start}, {end - start} bytes\) fails its "
+                 r"CRC32 check \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)", keys=["network_weights"])
+    # without CRC the flipped value comes through: the check is what protects the weights
+    weights = read_checkpoint(path, ["network_weights"], verify_crc=False)["network_weights"]
+    assert any(not torch.equal(weights[k], reference["network_weights"][k]) for k in weights)
+
+
+def test_optimizer_bytes_are_never_read_for_weights(tmp_path, original):
+    _, raw, reference = original
+    tree = _Collect(io.BytesIO(_pickle_of(raw))).load()
+    optimizer_keys = _storage_keys(tree["optimizer_state"])
+    assert optimizer_keys and not optimizer_keys & _storage_keys(tree["network_weights"])
+    damaged = bytearray(raw)
+    for key in optimizer_keys:
+        start, end = _payload_span(raw, f"data/{key}")
+        damaged[start:end] = b"\xa5" * (end - start)
+    path = _write(tmp_path, bytes(damaged))
+    out = read_checkpoint(path)
+    assert_checkpoint_parity({"network_weights": out["network_weights"]}, reference)
+    _fails(path, "fails its CRC32 check", keys=["optimizer_state"])
+
+
+# ---- ZIP structure ----
+
+
+def _central_records(raw: bytes):
+    """(offset of each central directory record, its name)."""
+    pos = raw.rfind(b"PK\x05\x06")
+    count, _, cd_off = struct.unpack_from("<HII", raw, pos + 10)
+    if cd_off == 0xFFFFFFFF:
+        loc = raw.rfind(b"PK\x06\x07")
+        (e64,) = struct.unpack_from("<Q", raw, loc + 8)
+        count, _, cd_off = struct.unpack_from("<QQQ", raw, e64 + 32)
+    records, p = [], cd_off
+    for _ in range(count):
+        nlen, xlen, clen = struct.unpack_from("<HHH", raw, p + 28)
+        records.append((p, raw[p + 46:p + 46 + nlen].decode()))
+        p += 46 + nlen + xlen + clen
+    return records
+
+
+def _patch_central(raw: bytes, suffix: str, field_offset: int, fmt: str, value) -> bytes:
+    record = next(p for p, name in _central_records(raw) if name.endswith("/" + suffix))
+    damaged = bytearray(raw)
+    struct.pack_into(fmt, damaged, record + field_offset, value)
+    return bytes(damaged)
+
+
+def _set_sizes(raw: bytes, suffix: str, size: int) -> bytes:
+    """Sets an entry's sizes in its central record and in its local header alike."""
+    record = next(p for p, name in _central_records(raw) if name.endswith("/" + suffix))
+    (lho,) = struct.unpack_from("<I", raw, record + 42)
+    damaged = bytearray(raw)
+    struct.pack_into("<II", damaged, record + 20, size, size)
+    struct.pack_into("<II", damaged, lho + 18, size, size)
+    return bytes(damaged)
+
+
+def test_compressed_entries(tmp_path, original):
+    path = _write(tmp_path, rewrite_zip(original[1], compress=("data/0",)))
+    _fails(path, r"entry '\w+/data/0' is compressed \(method 8\); torch.save writes STORED entries only")
+
+
+def test_overlapping_entries(tmp_path, original):
+    raw = rewrite_zip(original[1])  # Python's zipfile writes plain 32-bit sizes we can patch
+    size = zipfile.ZipFile(io.BytesIO(raw)).getinfo("checkpoint_final/data/0").file_size
+    grown = _set_sizes(raw, "data/0", size + 64)
+    _fails(_write(tmp_path, grown), r"entries '\w+/data/0' \(bytes \d+-\d+\) and '.*' \(from byte \d+\) overlap")
+    # two directory records pointing at the same local header
+    records = _central_records(raw)
+    (lho,) = struct.unpack_from("<I", raw, records[0][0] + 42)
+    same = _patch_central(raw, records[1][1].split("/", 1)[1], 42, "<I", lho)
+    _fails(_write(tmp_path, same), "local header does not match the central directory|overlap")
+
+
+def test_entries_outside_the_file(tmp_path, original):
+    raw = rewrite_zip(original[1])
+    far = _patch_central(raw, "data/1", 42, "<I", len(raw) + 100)
+    _fails(_write(tmp_path, far), r"entry '\w+/data/1' \(central record at byte \d+\): local header "
+                                  r"missing or outside the archive data")
+    big = _set_sizes(raw, "data/1", 0x7FFFFFFF)
+    _fails(_write(tmp_path, big), r"\(from byte \d+\) overlap")
+    # a directory claiming more records than its bytes can hold
+    pos = raw.rfind(b"PK\x05\x06")
+    damaged = bytearray(raw)
+    struct.pack_into("<HH", damaged, pos + 8, 60000, 60000)
+    _fails(_write(tmp_path, bytes(damaged)), "central directory entry count does not fit its size")
+    damaged = bytearray(raw)
+    struct.pack_into("<I", damaged, pos + 16, len(raw) * 2)
+    _fails(_write(tmp_path, bytes(damaged)), "central directory lies outside the file")
+
+
+def test_duplicate_names_and_foreign_folders(tmp_path, original):
+    raw = original[1]
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin, zipfile.ZipFile(out, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate we write on purpose
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr("checkpoint_final/data/0", b"\x00" * 8)
+    _fails(_write(tmp_path, out.getvalue()), "duplicate entry name 'checkpoint_final/data/0'")
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr("other/data.pkl", b"\x80\x02}.")
+    _fails(_write(tmp_path, out.getvalue()), "entry 'other/data.pkl' is outside the archive folder 'checkpoint_final'")
+
+
+def test_missing_records(tmp_path, original):
+    raw = original[1]
+    _fails(_write(tmp_path, rewrite_zip(raw, drop=("data.pkl",))),
+           "archive has no data.pkl in its folder 'checkpoint_final'")
+    _fails(_write(tmp_path, rewrite_zip(raw, drop=("data/0",))),
+           r"storage 'data/0' \(persistent id key '0'\) is missing from the archive")
+    _fails(_write(tmp_path, rewrite_zip(raw, replace={"data/0": b"\x00" * 4})),
+           r"storage entry 'data/0' holds 4 bytes but the pickle declares \d+")
+
+
+def test_crc_of_the_pickle_is_checked(tmp_path, original):
+    raw = original[1]
+    start, end = _payload_span(raw, "data.pkl")
+    damaged = bytearray(raw)
+    damaged[start + 40] ^= 0x01
+    _fails(_write(tmp_path, bytes(damaged)), r"entry '\w+/data.pkl' .* fails its CRC32 check", keys=["trainer_name"])
+
+
+# ---- tensor geometry against its storage ----
+
+FLOAT = p_global("torch", "FloatStorage")
+
+
+@pytest.mark.parametrize("tensor, message", [
+    (p_rebuild(p_storage(FLOAT), offset=1), r"tensor \(offset 1, size \(4,\), stride \(1,\)\) reaches outside its storage of 4 elements"),
+    (p_rebuild(p_storage(FLOAT), size=(5,)), "reaches outside its storage of 4 elements"),
+    (p_rebuild(p_storage(FLOAT), size=(2, 2), stride=(3, 1)), "reaches outside its storage"),
+    (p_rebuild(p_storage(FLOAT), offset=5, size=(0,)), "reaches outside its storage"),
+    (p_rebuild(p_storage(FLOAT), size=(-1,)), r"tensor size or stride is not an int in \[0, 2\*\*63\)"),
+    (p_rebuild(p_storage(FLOAT), stride=(-1,)), r"tensor size or stride is not an int in \[0, 2\*\*63\)"),
+    (p_rebuild(p_storage(FLOAT), offset=-4), r"tensor storage offset is not an int in \[0, 2\*\*63\)"),
+    (p_rebuild(p_storage(FLOAT), offset=2**63), r"tensor storage offset is not an int"),
+    (p_rebuild(p_storage(FLOAT), size=(2**40, 2**40), stride=(0, 0)), "tensor element count overflows 64 bits"),
+    (p_rebuild(p_storage(FLOAT), size=(2**62,)), "reaches outside its storage of 4 elements"),
+    (p_rebuild(p_storage(FLOAT), size=(2**62, 4), stride=(2**62, 1)), "tensor extent overflows 64 bits"),
+    (p_rebuild(p_storage(FLOAT, numel=-1)), r"storage persistent id is not \('storage', type"),
+    (p_rebuild(p_storage(FLOAT, numel=2**62)), "storage size in bytes overflows 64 bits"),
+    (p_rebuild(p_storage(FLOAT, numel=8)), "holds 16 bytes but the pickle declares 32"),
+    (p_rebuild(p_storage(FLOAT, key="7")), r"storage 'data/7' \(persistent id key '7'\) is missing"),
+    (p_rebuild(p_storage(FLOAT), size=(4,), stride=(1, 1)), "size and stride are not tuples of equal length"),
+])
+def test_tensor_outside_its_storage(tmp_path, tensor, message):
+    path = _write(tmp_path, zip_with_pickle(p_top(network_weights=tensor), {"0": b"\x00" * 16}))
+    err = _fails(path, message, keys=["network_weights"])
+    assert "network_weights:" in str(err)
+
+
+def test_storage_shared_with_two_dtypes(tmp_path):
+    both = b"](" + p_rebuild(p_storage(FLOAT)) + p_rebuild(p_storage(p_global("torch", "IntStorage"))) + b"e"
+    path = _write(tmp_path, zip_with_pickle(p_top(network_weights=both), {"0": b"\x00" * 16}))
+    _fails(path, r"network_weights\[1\]: storage is used with two different dtypes", keys=["network_weights"])
+
+
+def test_int_overflow_sized_storage_numel_is_rejected_not_allocated(tmp_path):
+    assert p_int(2**62).startswith(b"\x8a")
+    path = _write(tmp_path, zip_with_pickle(p_top(network_weights=p_rebuild(p_storage(FLOAT, numel=2**61), size=(2**61,))),
+                                            {"0": b"\x00" * 16}))
+    _fails(path, "storage size in bytes overflows 64 bits|holds 16 bytes", keys=["network_weights"])
