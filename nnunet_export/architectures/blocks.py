@@ -11,7 +11,6 @@ classes, kwargs dicts); validation of plans lives in :mod:`nnunet_export.archite
 """
 from typing import Any, Dict, List, Optional, Sequence, Type
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [

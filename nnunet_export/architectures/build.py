@@ -1,5 +1,5 @@
 """Build a network from plans' ``architecture`` block, load weights, prepare for inference."""
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import torch
 from torch import nn
@@ -243,9 +243,10 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool 
 
     Before anything is written, the keys and shapes are checked, and every group of alias keys
     (``...conv.weight`` / ``...all_modules.0.weight`` / ``decoder.encoder.*``, which are one
-    tensor in the network) must carry equal values. If the network lives on the meta device
-    (``build_network(..., device="meta")``) the state dict's tensors are adopted without a
-    copy (``assign=True``); otherwise they are copied into the existing storage.
+    tensor in the network) must carry equal values; each tensor is then written once. If the
+    network lives on the meta device (``build_network(..., device="meta")``) the state dict's
+    tensors are adopted without a copy (``assign=True``, so the network then shares memory with
+    ``state_dict``); otherwise they are copied into the network's own storage.
 
     Args:
         module: a network from :func:`build_network` (or any module).
@@ -292,7 +293,10 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool 
             if not same_view and not torch.equal(ref, value.to(ref.device, ref.dtype)):
                 raise WeightsMismatchError(kAliasMismatchError.format(a=first, b=key))
     on_meta = any(t.is_meta for t in own.values())
-    module.load_state_dict(state_dict, strict=strict, assign=on_meta)
+    # Keys were checked above; write each underlying tensor once instead of once per alias
+    # (dna's state dict names every encoder weight four times).
+    once = {key: state_dict[key] for key in own if key in state_dict and first_key_of[id(own[key])] == key}
+    module.load_state_dict(once, strict=False, assign=on_meta)
     if on_meta:
         left = [k for k, t in module.state_dict(keep_vars=True).items() if t.is_meta]
         if left:

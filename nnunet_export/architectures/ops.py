@@ -6,7 +6,7 @@ and only accepts constructor keywords whose names and value types are listed for
 (no ``device``/``dtype`` or other surprises reach a torch constructor).
 """
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -21,6 +21,7 @@ __all__ = [
     "NONLINS",
     "BLOCKS",
     "resolve_op",
+    "resolve_block",
     "conv_dim",
     "validate_op_kwargs",
 ]
@@ -179,7 +180,3 @@ def validate_op_kwargs(key: str, op: Optional[type], kwargs: Any) -> Dict[str, A
         out[sub] = v
     return out
 
-
-def all_names(table: Sequence[type]) -> Tuple[str, ...]:
-    """Every dotted name accepted for the classes in ``table`` (for docs and tests)."""
-    return tuple(n for cls in table for n in _names(cls))
