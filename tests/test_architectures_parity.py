@@ -4,6 +4,9 @@ For every configuration in arch_cases.CASES: same state-dict keys (in order) and
 same alias structure, a strict load of dna's state dict, and equal eval-mode outputs at two
 input sizes.
 """
+import doctest
+import io
+
 import pytest
 import torch
 
@@ -152,3 +155,27 @@ def test_prepare_for_inference_sets_eval_no_grad_and_single_output():
     assert not net.training and not any(m.training for m in net.modules())
     assert not any(p.requires_grad for p in net.parameters())
     assert net.decoder.deep_supervision is False
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("case_id", ["plain3d_bn_dropout_nlfirst_ds", "resenc3d_bottleneck_stem"])
+def test_checkpoint_round_trip_loads_strictly(case_id, device):
+    # What nnUNetTrainer.save_checkpoint writes and the predictor reads back: after torch.load
+    # the alias keys are views of one storage, as in a real checkpoint file.
+    case = arch_cases.case_by_id(case_id)
+    ref = arch_cases.build_reference(case)
+    buf = io.BytesIO()
+    torch.save({"network_weights": ref.state_dict(), "current_epoch": 1}, buf)
+    buf.seek(0)
+    weights = torch.load(buf, map_location="cpu", weights_only=True)["network_weights"]
+    ours = load_weights(_ours(case, device=device), weights, strict=True).eval()
+    x = arch_cases.make_input(case, 1)
+    with torch.no_grad():
+        assert arch_cases.max_abs_diff(ours(x), ref(x)) <= TOL_FP32
+
+
+def test_build_network_docstring_example_runs():
+    import nnunet_export.architectures.build as build_module
+
+    result = doctest.testmod(build_module)
+    assert result.attempted >= 2 and result.failed == 0

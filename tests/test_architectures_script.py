@@ -121,5 +121,8 @@ def test_ensemble_refuses_deep_supervision_and_empty():
     net, _ = _loaded(arch_cases.case_by_id("plain3d_bn_dropout_nlfirst_ds"), deep_supervision=True)
     with pytest.raises(ValueError, match="network 0 has deep supervision on"):
         EnsembleModule([net])
+    with pytest.raises(ValueError, match="network 1 has deep supervision on"):
+        EnsembleModule([_loaded(arch_cases.case_by_id("plain3d_bn_dropout_nlfirst_ds"), deep_supervision=False)[0],
+                        torch.jit.script(net)])
     with pytest.raises(ValueError, match="at least one network"):
         EnsembleModule([])

@@ -6,7 +6,7 @@ from torch import nn
 
 from .._core import PlansError, WeightsMismatchError
 from .blocks import BasicBlockD, BottleneckD
-from .decoder import UNetDecoder
+from .decoder import UNetDecoder, deep_supervision_enabled
 from .ops import CONV_OPS, DROPOUT_OPS, NONLINS, NORM_OPS, conv_dim, resolve_block, resolve_op, validate_op_kwargs
 from .plain_unet import PlainConvUNet
 from .residual_unet import ResidualEncoderUNet
@@ -327,11 +327,11 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, UNetDecoder):
             m.deep_supervision = False
-        elif isinstance(m, torch.jit.ScriptModule) and getattr(m, "deep_supervision", False) is True:
-            raise ValueError(
-                "a scripted network was compiled with deep supervision on; call prepare_for_inference "
-                "before torch.jit.script"
-            )
+    if deep_supervision_enabled(module):  # only a scripted decoder can still have it on
+        raise ValueError(
+            "a scripted network was compiled with deep supervision on; call prepare_for_inference "
+            "before torch.jit.script"
+        )
     module.eval()
     module.requires_grad_(False)
     return module

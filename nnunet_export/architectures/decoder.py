@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .blocks import StackedConvBlocks
 
-__all__ = ["UNetDecoder"]
+__all__ = ["UNetDecoder", "deep_supervision_enabled"]
 
 _TRANSPOSED_BY_CONV = {nn.Conv1d: nn.ConvTranspose1d, nn.Conv2d: nn.ConvTranspose2d, nn.Conv3d: nn.ConvTranspose3d}
 
@@ -100,3 +100,14 @@ class UNetDecoder(nn.Module):
             return seg_outputs
         else:
             return seg_outputs[0]
+
+
+def deep_supervision_enabled(module: nn.Module) -> bool:
+    """Whether any decoder inside ``module`` (eager or already scripted) returns all heads."""
+    for m in module.modules():
+        if isinstance(m, UNetDecoder) and m.deep_supervision:
+            return True
+        # a scripted decoder keeps the flag as a compiled-in constant, readable as an attribute
+        if isinstance(m, torch.jit.ScriptModule) and getattr(m, "deep_supervision", False) is True:
+            return True
+    return False

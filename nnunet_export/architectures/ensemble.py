@@ -4,7 +4,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .decoder import UNetDecoder
+from .decoder import deep_supervision_enabled
 
 __all__ = ["EnsembleModule"]
 
@@ -35,12 +35,11 @@ class EnsembleModule(nn.Module):
         if not networks:
             raise ValueError("EnsembleModule needs at least one network")
         for i, net in enumerate(networks):
-            for m in net.modules():
-                if isinstance(m, UNetDecoder) and m.deep_supervision:
-                    raise ValueError(
-                        f"network {i} has deep supervision on; an ensemble averages full-resolution logits "
-                        "only (use prepare_for_inference on each network first)"
-                    )
+            if deep_supervision_enabled(net):
+                raise ValueError(
+                    f"network {i} has deep supervision on; an ensemble averages full-resolution logits "
+                    "only (use prepare_for_inference on each network first)"
+                )
         self.networks = nn.ModuleList(networks)
         self.n_networks = len(networks)
 
