@@ -30,7 +30,8 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """Yields a temporary path in ``path``'s folder; on success it is fsynced and renamed onto
     ``path``. On any exception the temporary file is removed and ``path`` is left untouched."""
     check_output_path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    # The temporary keeps the target's extension: torch.export refuses archives not named .pt2.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -93,6 +93,15 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaNs and signed zeros included), for every dtype and 0-d tensors."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a_bytes = a.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    b_bytes = b.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return torch.equal(a_bytes, b_bytes)
+
+
 def _check_weights_bitwise(eager: torch.nn.Module, loaded: Any, path: Path) -> None:
     eager_sd = eager.state_dict()
     loaded_sd = loaded.state_dict()
@@ -101,11 +110,7 @@ def _check_weights_bitwise(eager: torch.nn.Module, loaded: Any, path: Path) -> N
         extra = sorted(set(loaded_sd) - set(eager_sd))[:5]
         raise VerificationError(f"{path}: exported weights differ in names: missing {missing}, extra {extra}")
     for key, tensor in eager_sd.items():
-        other = loaded_sd[key]
-        if other.dtype != tensor.dtype or other.shape != tensor.shape or not torch.equal(
-            other.detach().cpu().contiguous().view(torch.uint8) if other.dtype != torch.bool else other.cpu(),
-            tensor.detach().cpu().contiguous().view(torch.uint8) if tensor.dtype != torch.bool else tensor.cpu(),
-        ):
+        if not _same_bits(tensor, loaded_sd[key]):
             raise VerificationError(f"{path}: exported weight {key!r} is not bit-identical to the checkpoint's")
 
 
