@@ -30,6 +30,10 @@ ARCH = {
     "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
 }
 REQ = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+# nnUNetResEncUNetMPlans 3d_fullres for the same dataset (timed for construction only)
+RESENC_NAME = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+RESENC_ARCH = {k: v for k, v in ARCH.items() if k != "n_conv_per_stage"}
+RESENC_ARCH.update(n_blocks_per_stage=[1, 3, 4, 6, 6, 6], n_conv_per_stage_decoder=[1] * 5)
 REPEATS = 5
 
 
@@ -68,6 +72,15 @@ def main():
     base = results["dna construct+init + load_state_dict"]
     print(f"  construct+load speed-up, copy:   {base / results['ours build + load_weights (copy)']:.1f}x")
     print(f"  construct+load speed-up, assign: {base / results['ours build(meta) + load_weights (assign)']:.1f}x")
+
+    res_ref = get_network_from_plans(RESENC_NAME, RESENC_ARCH, REQ, 1, 3)
+    res_params = sum(p.numel() for p in res_ref.parameters())
+    dna_res, _, _ = timed(lambda: get_network_from_plans(RESENC_NAME, RESENC_ARCH, REQ, 1, 3, allow_init=True))
+    ours_res, _, res_ours = timed(lambda: build_network(RESENC_NAME, RESENC_ARCH, 1, 3))
+    print(f"ResidualEncoderUNet 3d (ResEnc M), {res_params / 1e6:.1f}M parameters:")
+    print(f"  dna constructor + He init median {dna_res * 1e3:.1f} ms, ours median {ours_res * 1e3:.1f} ms "
+          f"({dna_res / ours_res:.1f}x)")
+    assert list(res_ours.state_dict()) == list(res_ref.state_dict())
 
     # saved size vs unique weight bytes
     ours = prepare_for_inference(load_weights(build_network(NAME, ARCH, 1, 3), sd))

@@ -175,3 +175,48 @@ def max_abs_diff(a: Any, b: Any) -> float:
 
 def case_by_id(case_id: str) -> Case:
     return next(c for c in CASES if c.id == case_id)
+
+
+def random_cases(n: int, seed: int) -> List[Case]:
+    """Seeded random configurations (dims, stages, anisotropic kernels/strides, ops, blocks).
+
+    ResEnc cases always get an affine norm: dna's ResidualEncoderUNet.initialize zeroes the last
+    norm's weight in each block and fails without one, so nnU-Net cannot build them either.
+    """
+    import random
+
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n):
+        dim, n_stages, resenc = rng.choice([1, 2, 3]), rng.randint(2, 4), rng.random() < 0.5
+        strides = [[1] * dim] + [[rng.choice([1, 2]) for _ in range(dim)] for _ in range(n_stages - 1)]
+        kw: Dict[str, Any] = {
+            "n_stages": n_stages,
+            "features_per_stage": [rng.choice([2, 4, 6]) * (s + 1) for s in range(n_stages)],
+            "conv_op": CONV[dim],
+            "kernel_sizes": [[rng.choice([1, 3]) if rng.random() < 0.3 else 3 for _ in range(dim)]
+                             for _ in range(n_stages)],
+            "strides": strides,
+            "n_conv_per_stage_decoder": [rng.randint(1, 2) for _ in range(n_stages - 1)],
+            "conv_bias": rng.random() < 0.5,
+            "norm_op": rng.choice([IN[dim], BN[dim]] + ([] if resenc else [None])),
+            "norm_op_kwargs": {"eps": 1e-5, "affine": resenc or rng.random() < 0.8},
+            "dropout_op": rng.choice([None, "torch.nn.Dropout"]),
+            "dropout_op_kwargs": {"p": 0.1},
+            "nonlin": rng.choice(["torch.nn.LeakyReLU", "torch.nn.ReLU", "torch.nn.PReLU", None]),
+            "nonlin_kwargs": None,
+        }
+        if resenc:
+            kw["n_blocks_per_stage"] = [rng.randint(1, 2) for _ in range(n_stages)]
+            if rng.random() < 0.3:
+                kw["block"] = "dynamic_network_architectures.building_blocks.residual.BottleneckD"
+                kw["bottleneck_channels"] = 3
+        else:
+            kw["n_conv_per_stage"] = [rng.randint(1, 2) for _ in range(n_stages)]
+            kw["nonlin_first"] = rng.random() < 0.5
+        size = [2] * dim
+        for st in strides:
+            size = [a * b for a, b in zip(size, st)]
+        cases.append(Case(f"random{i}", RESENC if resenc else PLAIN, kw, rng.randint(1, 2), rng.randint(1, 3),
+                          rng.random() < 0.5, (tuple(size), tuple(size)), batch=1))
+    return cases

@@ -58,13 +58,15 @@ def test_scripted_network_equals_eager_round_trips_and_stores_weights_once(case)
         with torch.no_grad():
             eager = net(x.clone())
             got_scripted = scripted(x.clone())
-            got_reloaded = reloaded(x.clone())
-            expected = ref(x.clone())
         assert isinstance(got_scripted, list) == case.deep_supervision
-        assert isinstance(got_reloaded, list) == case.deep_supervision
         assert arch_cases.max_abs_diff(got_scripted, eager) <= TOL_SCRIPT
-        assert arch_cases.max_abs_diff(got_reloaded, eager) <= TOL_SCRIPT
-        assert arch_cases.max_abs_diff(got_reloaded, expected) <= 1e-5
+    # the reloaded module runs the same graph: one input size is enough (the tests share 2 cores)
+    with torch.no_grad():
+        got_reloaded = reloaded(x.clone())
+        expected = ref(x.clone())
+    assert isinstance(got_reloaded, list) == case.deep_supervision
+    assert arch_cases.max_abs_diff(got_reloaded, eager) <= TOL_SCRIPT
+    assert arch_cases.max_abs_diff(got_reloaded, expected) <= 1e-5
     # the scripted module keeps dna's state-dict keys, so nnU-Net checkpoints load into it too
     assert list(reloaded.state_dict()) == list(ref.state_dict())
     reloaded.load_state_dict(ref.state_dict(), strict=True)
@@ -85,9 +87,8 @@ def test_prepare_for_inference_refuses_scripted_deep_supervision():
         prepare_for_inference(scripted)
 
 
-@pytest.mark.parametrize("case_id", ["plain3d_in_aniso", "resenc2d_bn_dropout_ds"])
-def test_ensemble_is_mean_of_fold_logits_scripted_and_eager(case_id):
-    case = arch_cases.case_by_id(case_id)
+def test_ensemble_is_mean_of_fold_logits_scripted_and_eager():
+    case = arch_cases.case_by_id("plain3d_in_aniso")
     folds = [prepare_for_inference(_loaded(case, seed=s, deep_supervision=False)[0]) for s in range(3)]
     ensemble = prepare_for_inference(EnsembleModule(folds))
     scripted = torch.jit.script(ensemble)

@@ -7,10 +7,10 @@ from torch import nn
 from .._core import PlansError, WeightsMismatchError
 from .blocks import BasicBlockD, BottleneckD
 from .decoder import UNetDecoder, deep_supervision_enabled
+from .errors import UnsupportedArchitectureError
 from .ops import CONV_OPS, DROPOUT_OPS, NONLINS, NORM_OPS, conv_dim, resolve_block, resolve_op, validate_op_kwargs
 from .plain_unet import PlainConvUNet
 from .residual_unet import ResidualEncoderUNet
-from .errors import UnsupportedArchitectureError
 
 __all__ = ["build_network", "load_weights", "prepare_for_inference", "NETWORK_CLASS_NAMES"]
 
