@@ -311,6 +311,24 @@ bail:
     return rc;
 }
 
+/* Dict keys the VM accepts. Keys whose hashes an attacker can make collide (floats, tuples, ints
+ * that differ by multiples of 2**61 - 1) would turn SETITEMS quadratic: a small file could hang the
+ * reader. nnU-Net checkpoints use str keys (state dicts, logging) and small ints (optimizer). */
+static int upk_key_ok(upk_vm *vm, PyObject *key)
+{
+    if (PyUnicode_CheckExact(key) || PyBytes_CheckExact(key) || key == Py_None || PyBool_Check(key) ||
+        Py_IS_TYPE(key, (PyTypeObject *)vm->st->lazy_type)) {
+        return 1; /* randomised (SipHash) or identity hashes */
+    }
+    if (PyLong_CheckExact(key)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(key, &overflow);
+        /* hash(i) == i here, except hash(-1) == hash(-2) */
+        return !overflow && v > -(1LL << 60) && v < (1LL << 61) - 1 && v != -1;
+    }
+    return 0;
+}
+
 static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp || ((size_t)(vm->sp - (size_t)start)) % 2 != 0) {
@@ -321,6 +339,10 @@ static int upk_setitems(upk_vm *vm, Py_ssize_t start)
         return upk_fail(vm, "target is not a dict or OrderedDict");
     }
     for (size_t i = (size_t)start; i < vm->sp; i += 2) {
+        if (!upk_key_ok(vm, vm->stack[i])) {
+            return upk_fail(vm, "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) "
+                                "other than -1 (other keys allow hash-collision floods)");
+        }
         /* Keys are built-in values or placeholders: hashing them runs no code from the file. */
         if (PyObject_SetItem(target, vm->stack[i], vm->stack[i + 1]) < 0) {
             return upk_fail_from_python(vm, "bad dict key");
