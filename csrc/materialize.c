@@ -14,6 +14,9 @@ static const char kMatUnsafeError[] =
     "checkpoint '%U': %U needs global '%U', which is not in the allowlist; nothing from the file "
     "was executed";
 static const char kMatError[] = "checkpoint '%U': %U: %s";
+static const char kMatMisuseError[] =
+    "checkpoint '%U': %U uses allowlisted global '%U' but %s, which torch.save never writes; "
+    "nothing from the file was executed";
 static const char kMatStorageSizeError[] =
     "checkpoint '%U': %U: storage entry '%s' holds %llu bytes but the pickle declares %llu";
 
@@ -400,7 +403,13 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     }
     if (func != call->func || call->newobj) {
         /* Calling what an allowlisted global returned, or NEWOBJ: never part of torch.save output. */
-        return mat_unsafe(ctx, p, g->name);
+        PyObject *where = mat_path_str(p);
+        if (where != NULL) {
+            PyErr_Format(ctx->st->UnsafeCheckpointError, kMatMisuseError, ctx->path, where, g->name,
+                         call->newobj ? "instantiates it with NEWOBJ" : "calls the object it returns");
+            Py_DECREF(where);
+        }
+        return NULL;
     }
     PyObject *args = call->args;
     switch (g->global_id) {

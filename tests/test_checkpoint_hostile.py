@@ -120,7 +120,12 @@ def test_rebuild_function_abuse(tmp_path, canary):
         read_checkpoint(path, ["network_weights"])
     # calling what an allowlisted global returned
     path = write(tmp_path, top(network_weights=call(call(g("torch", "device"), s("cpu")), s("x"))))
-    with pytest.raises(UnsafeCheckpointError, match="needs global 'torch.device'"):
+    with pytest.raises(UnsafeCheckpointError, match="uses allowlisted global 'torch.device' but calls the "
+                                                    "object it returns"):
+        read_checkpoint(path, ["network_weights"])
+    # NEWOBJ on an allowlisted class
+    path = write(tmp_path, top(network_weights=g("collections", "OrderedDict") + b")\x81"))
+    with pytest.raises(UnsafeCheckpointError, match="'collections.OrderedDict' but instantiates it with NEWOBJ"):
         read_checkpoint(path, ["network_weights"])
     # _rebuild_parameter around an unsafe call
     param = call(g("torch._utils", "_rebuild_parameter"), call(g("builtins", "eval"), s("1")), b"\x88",
