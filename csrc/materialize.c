@@ -76,9 +76,7 @@ static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject
     if (result != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
         return result;
     }
-    PyObject *type = NULL, *exc = NULL, *tb = NULL, *msg = NULL, *where = NULL;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
+    PyObject *exc = nx_take_exception(), *msg = NULL, *where = NULL;
     msg = exc != NULL ? PyObject_Str(exc) : NULL;
     where = msg != NULL ? mat_path_str(p) : NULL;
     if (where != NULL) {
@@ -87,9 +85,7 @@ static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject
     }
     Py_XDECREF(where);
     Py_XDECREF(msg);
-    Py_XDECREF(type);
     Py_XDECREF(exc);
-    Py_XDECREF(tb);
     return NULL;
 }
 

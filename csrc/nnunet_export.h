@@ -50,6 +50,35 @@ int nx_add_thread_functions(PyObject *module);
  * Ownership: an nx_mapping owns its private file mapping; every NumPy array and tensor over file
  * bytes holds a reference to it. nx_zip entries point INTO the mapping (borrowed, no copies). */
 
+/* Takes the raised exception (normalised, new reference, NULL if none) across Python versions:
+ * PyErr_Fetch is deprecated from 3.12, PyErr_GetRaisedException does not exist before. */
+static inline PyObject *nx_take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raises `exc` again (steals the reference). */
+static inline void nx_restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
 /* A private (MAP_PRIVATE) read/write mapping of one whole file, exposed via the buffer protocol. */
 typedef struct {
     PyObject_HEAD

@@ -48,12 +48,9 @@ static int upk_fail(upk_vm *vm, const char *why)
 /* Wraps the current Python exception (e.g. a bad UTF-8 string) into a CheckpointError. */
 static int upk_fail_from_python(upk_vm *vm, const char *what)
 {
-    PyObject *type = NULL, *exc = NULL, *tb = NULL;
-    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *exc = nx_take_exception();
     PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
     PyErr_Clear();
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
     PyErr_Format(vm->st->CheckpointError, "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)",
                  vm->path, vm->entry, (unsigned long long)vm->op_at, vm->op, what,
                  msg != NULL ? msg : Py_None);
@@ -380,7 +377,11 @@ static PyObject *upk_long(const uint8_t *p, size_t n)
     if (n == 0) {
         return PyLong_FromLong(0);
     }
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromNativeBytes(p, n, Py_ASNATIVEBYTES_LITTLE_ENDIAN); /* signed */
+#else
     return _PyLong_FromByteArray(p, n, 1, 1);
+#endif
 }
 
 static const char *upk_opcode_name(uint8_t op)
@@ -557,7 +558,11 @@ static int upk_step(upk_vm *vm)
         if ((p = upk_read(vm, 8)) == NULL) {
             return -1;
         }
+#if PY_VERSION_HEX >= 0x030B0000
         double d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
+#else
+        double d = _PyFloat_Unpack8(p, 0);
+#endif
         if (d == -1.0 && PyErr_Occurred()) {
             return -1;
         }
