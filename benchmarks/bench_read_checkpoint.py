@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from nnunet_export import read_checkpoint  # noqa: E402
 from checkpoint_helpers import assert_checkpoint_parity, make_unet, nnunet_checkpoint_dict  # noqa: E402
 
+# Targets are defined for the ~30M-parameter checkpoint ("full"); "small" is a smoke run whose
+# fixed per-call costs dominate, so its rows report without a pass/fail target.
 SIZES = {
     "small": ([8, 16, 32, 64], (16, 16, 16), 7),
     "full": ([32, 64, 128, 256, 320, 320], (32, 32, 64), 5),
@@ -37,9 +39,10 @@ SPEED_TARGET = 5.0
 RSS_TARGET = 1.10
 
 # Runs in a fresh interpreter: peak RSS growth caused by one read, minus the interpreter + torch
-# baseline. The baseline is taken after a warm-up read of a tiny checkpoint so that torch's and our
-# code pages count as baseline. Peak RSS is VmHWM: resource.getrusage's ru_maxrss is reported too,
-# but it survives fork+exec (the child starts with the benchmark process's peak), so it reads 0 here.
+# baseline (taken after a warm-up read of a tiny checkpoint, so torch's and our code pages count as
+# baseline). Peak RSS from resource.getrusage(RUSAGE_SELF).ru_maxrss, cross-checked with VmHWM.
+# Linux carries ru_maxrss across exec, and subprocess vforks this (large) process, so the child is
+# started by an intermediate shell whose own fork gives it a fresh, small high-water mark.
 _RSS_CHILD = r"""
 import json, os, resource, sys, tempfile, time
 import torch, numpy
@@ -72,7 +75,7 @@ for v in out.values():
         float(v.sum())
 elapsed = time.perf_counter() - t
 unique = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for v in out.values()}
-print(json.dumps({"delta": hwm() - before, "delta_ru_maxrss": maxrss() - before_ru,
+print(json.dumps({"delta": maxrss() - before_ru, "delta_vmhwm": hwm() - before,
                   "weights": sum(unique.values()), "elapsed": elapsed}))
 """
 
@@ -98,8 +101,10 @@ def _make_checkpoint(size: str, directory: Path) -> Path:
 
 def _rss(mode: str, path: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, mode, str(path)], capture_output=True,
-                         text=True, check=True, env=env)
+    # `sh -c 'python ...; exit $?'` (not exec): python is forked from the small shell
+    command = 'PY="$1"; shift; "$PY" "$@"; exit $?'
+    out = subprocess.run(["/bin/sh", "-c", command, "sh", sys.executable, "-c", _RSS_CHILD, mode, str(path)],
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -145,25 +150,30 @@ def run(size: str = "full") -> list[dict]:
         rss_ours, rss_torch = _rss("ours", path), _rss("torch", path)
 
     weights_mib = rss_ours["weights"] / 2**20
+    targeted = size == "full"
+    speed_target = f">= {SPEED_TARGET:g}x" if targeted else "report (targets apply to 'full')"
+    rss_target = f"<= weights x {RSS_TARGET:.2f}" if targeted else "report (targets apply to 'full')"
+    crc_ms = 1e3 * (ours - ours_nocrc)
+    crc_note = (f"CRC adds {crc_ms:.1f} ms = {weights_mib / (crc_ms / 1e3) / 1024:.2f} GiB/s incl. page faults"
+                if crc_ms > 0.5 else f"CRC cost {crc_ms:.1f} ms: below timing noise")
     context = f"{file_mib:.1f} MiB file, {weights_mib:.1f} MiB weights, {n_params / 1e6:.1f}M weight elements in {len(unique)} storages"
     rows = [
-        _row("network_weights vs torch.load", ours, torch_load, f">= {SPEED_TARGET:g}x",
-             torch_load / ours >= SPEED_TARGET, f"CRC on; {context}"),
+        _row("network_weights vs torch.load", ours, torch_load, speed_target,
+             torch_load / ours >= SPEED_TARGET or not targeted, f"CRC on; {context}"),
         _row("network_weights vs torch.load(mmap=True)", ours, torch_mmap, "report", True,
              "CRC on; torch mmap maps lazily and checks no CRC"),
         _row("network_weights, verify_crc=False vs torch.load", ours_nocrc, torch_load, "report", True,
              "no CRC: no weight page is read until used"),
-        _row("default keys vs torch.load", ours_default, torch_load, f">= {SPEED_TARGET:g}x",
-             torch_load / ours_default >= SPEED_TARGET, "network_weights + trainer_name + init_args + ..."),
-        _row("CRC cost (verify_crc=True vs False)", ours, ours_nocrc, "report", True,
-             f"CRC adds {1e3 * (ours - ours_nocrc):.1f} ms = "
-             f"{weights_mib / max(ours - ours_nocrc, 1e-9) / 1024:.2f} GiB/s incl. page faults",
+        _row("default keys vs torch.load", ours_default, torch_load, speed_target,
+             torch_load / ours_default >= SPEED_TARGET or not targeted,
+             "network_weights + trainer_name + init_args + ..."),
+        _row("CRC cost (verify_crc=True vs False)", ours, ours_nocrc, "report", True, crc_note,
              ratio=ours / ours_nocrc if ours_nocrc else None),
         _row("peak RSS delta, separate process", rss_ours["elapsed"], rss_torch["elapsed"],
-             f"<= weights x {RSS_TARGET:.2f}", rss_ours["delta"] <= rss_ours["weights"] * RSS_TARGET,
-             f"VmHWM: ours +{rss_ours['delta'] / 2**20:.1f} MiB, torch.load +{rss_torch['delta'] / 2**20:.1f} MiB, "
-             f"weights {weights_mib:.1f} MiB (ratio = ours delta / weights; ru_maxrss deltas "
-             f"{rss_ours['delta_ru_maxrss'] / 2**20:.1f} / {rss_torch['delta_ru_maxrss'] / 2**20:.1f} MiB); "
+             rss_target, rss_ours["delta"] <= rss_ours["weights"] * RSS_TARGET or not targeted,
+             f"ru_maxrss: ours +{rss_ours['delta'] / 2**20:.1f} MiB, torch.load +{rss_torch['delta'] / 2**20:.1f} MiB, "
+             f"weights {weights_mib:.1f} MiB (ratio = ours delta / weights; VmHWM deltas "
+             f"{rss_ours['delta_vmhwm'] / 2**20:.1f} / {rss_torch['delta_vmhwm'] / 2**20:.1f} MiB); "
              f"seconds: read + touch every weight, fresh process",
              ratio=rss_ours["delta"] / rss_ours["weights"]),
     ]

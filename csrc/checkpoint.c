@@ -74,9 +74,10 @@ static PyObject *ckpt_missing_key(nx_state *st, PyObject *path, PyObject *top, P
 }
 
 /* Value to materialise for `key`: init_args loses its heavy copies in the default selection. */
-static PyObject *ckpt_selected_value(PyObject *value, const char *key, int default_selection)
+static PyObject *ckpt_selected_value(PyObject *value, PyObject *key, int default_selection)
 {
-    if (!default_selection || strcmp(key, "init_args") != 0 || !PyDict_CheckExact(value)) {
+    if (!default_selection || PyUnicode_CompareWithASCIIString(key, "init_args") != 0 ||
+        !PyDict_CheckExact(value)) {
         return Py_NewRef(value);
     }
     PyObject *copy = PyDict_Copy(value);
@@ -96,7 +97,7 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
     nx_state *st = nx_get_state(self);
     PyObject *path_arg = NULL, *keys = Py_None, *factory = NULL;
     PyObject *path = NULL, *map = NULL, *top = NULL, *build_states = NULL, *key_list = NULL;
-    PyObject *result = NULL, *out = NULL;
+    PyObject *result = NULL, *out = NULL, *keep = NULL;
     int verify_crc = 1;
     nx_zip zip = {NULL, 0, 0};
     nx_mat_ctx ctx;
@@ -181,7 +182,8 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
     ctx.memo = PyDict_New();
     ctx.storages = PyDict_New();
     out = PyDict_New();
-    if (ctx.memo == NULL || ctx.storages == NULL || out == NULL) {
+    keep = PyList_New(0);
+    if (ctx.memo == NULL || ctx.storages == NULL || out == NULL || keep == NULL) {
         goto bail;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(key_list); i++) {
@@ -197,8 +199,10 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
             ckpt_missing_key(st, path, top, key);
             goto bail;
         }
-        PyObject *selected = ckpt_selected_value(value, PyUnicode_AsUTF8(key), default_selection);
-        if (selected == NULL) {
+        PyObject *selected = ckpt_selected_value(value, key, default_selection);
+        /* kept alive until the end: the memo is keyed by object identity */
+        if (selected == NULL || PyList_Append(keep, selected) < 0) {
+            Py_XDECREF(selected);
             goto bail;
         }
         PyObject *made = nx_materialize(&ctx, key, selected);
@@ -213,6 +217,7 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
     out = NULL;
 bail:
     Py_XDECREF(out);
+    Py_XDECREF(keep);
     Py_XDECREF(ctx.memo);
     Py_XDECREF(ctx.storages);
     Py_XDECREF(top);

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 static const char kMapNotRegularError[] = "checkpoint '%U': not a regular file";
+static const char kMapEmptyError[] = "checkpoint '%U': the file is empty (0 bytes)";
+static const char kMapTooLargeError[] = "checkpoint '%U': file size does not fit in memory";
 static const char kMapDirectoryError[] = "checkpoint '%U': is a directory, not a checkpoint file";
 static const char kMapOpenError[] = "checkpoint '%U': cannot open: %s";
 static const char kMapMapError[] = "checkpoint '%U': cannot map the file into memory: %s";
@@ -18,24 +20,21 @@ static const char kMapMapError[] = "checkpoint '%U': cannot map the file into me
  * (FileNotFoundError, PermissionError, ...) so callers can still inspect errno. */
 static void map_os_error(nx_state *st, PyObject *path, const char *format, int err)
 {
-    PyObject *type = NULL, *cause = NULL, *tb = NULL, *exc = NULL, *etype = NULL, *etb = NULL;
+    PyObject *cause = NULL, *exc = NULL;
     errno = err;
     PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
-    PyErr_Fetch(&type, &cause, &tb);
-    PyErr_NormalizeException(&type, &cause, &tb);
+    cause = nx_take_exception();
     PyErr_Format(st->CheckpointError, format, path, strerror(err));
-    PyErr_Fetch(&etype, &exc, &etb);
-    PyErr_NormalizeException(&etype, &exc, &etb);
-    if (exc != NULL && cause != NULL) {
-        PyException_SetCause(exc, Py_NewRef(cause));
+    exc = nx_take_exception();
+    if (exc == NULL) {
+        Py_XDECREF(cause);
+        return;
     }
-    PyErr_Restore(etype, exc, etb);
-    Py_XDECREF(type);
-    Py_XDECREF(cause);
-    Py_XDECREF(tb);
+    if (cause != NULL) {
+        PyException_SetCause(exc, cause); /* steals */
+    }
+    nx_restore_exception(exc);
 }
-static const char kMapEmptyError[] = "checkpoint '%U': the file is empty (0 bytes)";
-static const char kMapTooLargeError[] = "checkpoint '%U': file size does not fit in memory";
 
 static void map_dealloc(PyObject *self)
 {

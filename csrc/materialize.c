@@ -14,6 +14,9 @@ static const char kMatUnsafeError[] =
     "checkpoint '%U': %U needs global '%U', which is not in the allowlist; nothing from the file "
     "was executed";
 static const char kMatError[] = "checkpoint '%U': %U: %s";
+static const char kMatMisuseError[] =
+    "checkpoint '%U': %U uses allowlisted global '%U' but %s, which torch.save never writes; "
+    "nothing from the file was executed";
 static const char kMatStorageSizeError[] =
     "checkpoint '%U': %U: storage entry '%s' holds %llu bytes but the pickle declares %llu";
 
@@ -73,9 +76,7 @@ static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject
     if (result != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
         return result;
     }
-    PyObject *type = NULL, *exc = NULL, *tb = NULL, *msg = NULL, *where = NULL;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
+    PyObject *exc = nx_take_exception(), *msg = NULL, *where = NULL;
     msg = exc != NULL ? PyObject_Str(exc) : NULL;
     where = msg != NULL ? mat_path_str(p) : NULL;
     if (where != NULL) {
@@ -84,9 +85,7 @@ static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject
     }
     Py_XDECREF(where);
     Py_XDECREF(msg);
-    Py_XDECREF(type);
     Py_XDECREF(exc);
-    Py_XDECREF(tb);
     return NULL;
 }
 
@@ -400,7 +399,13 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     }
     if (func != call->func || call->newobj) {
         /* Calling what an allowlisted global returned, or NEWOBJ: never part of torch.save output. */
-        return mat_unsafe(ctx, p, g->name);
+        PyObject *where = mat_path_str(p);
+        if (where != NULL) {
+            PyErr_Format(ctx->st->UnsafeCheckpointError, kMatMisuseError, ctx->path, where, g->name,
+                         call->newobj ? "instantiates it with NEWOBJ" : "calls the object it returns");
+            Py_DECREF(where);
+        }
+        return NULL;
     }
     PyObject *args = call->args;
     switch (g->global_id) {

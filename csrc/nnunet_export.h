@@ -90,9 +90,39 @@ int nx_add_plans_functions(PyObject *module);
 int nx_add_thread_functions(PyObject *module);
 int nx_add_metadata_functions(PyObject *module);
 
-/* ---- checkpoint reader (mapping.c, zip_container.c, unpickler.c, materialize.c, checkpoint.c) ----
+/* ---- checkpoint reader (mapping.c, zip_container.c, crc32.c, pickle_globals.c, unpickler.c,
+ *      materialize.c, checkpoint.c) ----
  * Ownership: an nx_mapping owns its private file mapping; every NumPy array and tensor over file
  * bytes holds a reference to it. nx_zip entries point INTO the mapping (borrowed, no copies). */
+
+/* Takes the raised exception (normalised, new reference, NULL if none) across Python versions:
+ * PyErr_Fetch is deprecated from 3.12, PyErr_GetRaisedException does not exist before. */
+static inline PyObject *nx_take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raises `exc` again (steals the reference). */
+static inline void nx_restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
 
 /* A private (MAP_PRIVATE) read/write mapping of one whole file, exposed via the buffer protocol. */
 typedef struct {
@@ -184,6 +214,10 @@ extern const char *const nx_np_dtype_classes[]; /* attribute names in numpy.dtyp
 extern const int nx_np_dtype_class_count; /* index of uint8 in nx_dtypes (UntypedStorage elements) */
 
 int nx_lazy_add_type(PyObject *module);
+/* New placeholder of `kind` with no fields set (NULL with an exception on failure). */
+nx_lazy *nx_lazy_new(nx_state *st, int kind);
+/* nx_global_id of "module.name" (NX_G_UNSAFE when not allowlisted); *sub = dtype/class index. */
+int nx_classify_global(const char *module, const char *name, int *sub);
 
 /* Runs the protocol-2 pickle `data` (entry `entry` of checkpoint `path`). Returns the top object
  * with nx_lazy placeholders inside, and in *build_states a new dict {id(OrderedDict): [obj,

@@ -1,4 +1,5 @@
-/* Protocol-2 pickle VM for torch.save's data.pkl. It knows exactly the opcodes torch's
+/* Protocol-2 pickle VM for torch.save's data.pkl (the allowlist and placeholders live in
+ * pickle_globals.c). It knows exactly the opcodes torch's
  * weights-only loader accepts and never imports or calls anything named by the file: GLOBAL
  * yields an nx_lazy marker (allowlisted or not), REDUCE/NEWOBJ yield nx_lazy calls, BINPERSID
  * yields an nx_lazy storage reference. Only two calls run eagerly because they are inert and
@@ -9,185 +10,12 @@
 
 #define UPK_MAX_LINE 256 /* GLOBAL module / name lines */
 
-const nx_dtype_info nx_dtypes[] = {
-    {"float64", "DoubleStorage", 8},
-    {"float32", "FloatStorage", 4},
-    {"float16", "HalfStorage", 2},
-    {"bfloat16", "BFloat16Storage", 2},
-    {"int64", "LongStorage", 8},
-    {"int32", "IntStorage", 4},
-    {"int16", "ShortStorage", 2},
-    {"int8", "CharStorage", 1},
-    {"uint8", "ByteStorage", 1}, /* NX_DTYPE_UINT8 */
-    {"bool", "BoolStorage", 1},
-    {"complex128", "ComplexDoubleStorage", 16},
-    {"complex64", "ComplexFloatStorage", 8},
-    {"complex32", NULL, 4},
-    {"float8_e5m2", NULL, 1},
-    {"float8_e4m3fn", NULL, 1},
-    {"float8_e5m2fnuz", NULL, 1},
-    {"float8_e4m3fnuz", NULL, 1},
-    {"uint16", NULL, 2},
-    {"uint32", NULL, 4},
-    {"uint64", NULL, 8},
-};
-const int nx_dtype_count = (int)(sizeof nx_dtypes / sizeof nx_dtypes[0]);
-
-/* numpy 2 pickles dtype classes as numpy.dtypes.<Name>; only these numeric ones are accepted. */
-const char *const nx_np_dtype_classes[] = {
-    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType",
-    "UInt32DType", "Int64DType", "UInt64DType", "Float16DType", "Float32DType", "Float64DType",
-    "Complex64DType", "Complex128DType", "LongDType", "ULongDType", "LongLongDType",
-    "ULongLongDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType", "UIntDType",
-};
-const int nx_np_dtype_class_count = (int)(sizeof nx_np_dtype_classes / sizeof nx_np_dtype_classes[0]);
-
 static const char kUpkError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s";
 static const char kUpkUnknownOpcode[] =
     "checkpoint '%U': %s byte %llu: opcode 0x%02x (%s) is not allowed; only the protocol-2 "
     "opcodes torch's weights-only loader accepts are";
 static const char kUpkTruncated[] = "checkpoint '%U': %s ends inside opcode %s at byte %llu";
 static const char kUpkNoStop[] = "checkpoint '%U': %s ends without STOP";
-
-/* ---- nx_lazy: placeholder objects (GC-tracked: args may contain cycles via the memo) ---- */
-
-static int lazy_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    nx_lazy *z = (nx_lazy *)self;
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(z->name);
-    Py_VISIT(z->func);
-    Py_VISIT(z->args);
-    Py_VISIT(z->state);
-    return 0;
-}
-
-static int lazy_clear(PyObject *self)
-{
-    nx_lazy *z = (nx_lazy *)self;
-    Py_CLEAR(z->name);
-    Py_CLEAR(z->func);
-    Py_CLEAR(z->args);
-    Py_CLEAR(z->state);
-    return 0;
-}
-
-static void lazy_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    /* hostile pickles can nest calls 100k deep: defer like tuples do instead of recursing */
-    Py_TRASHCAN_BEGIN(self, lazy_dealloc)
-    lazy_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-    Py_TRASHCAN_END
-}
-
-static PyObject *lazy_repr(PyObject *self)
-{
-    nx_lazy *z = (nx_lazy *)self;
-    static const char *kinds[] = {"global", "call", "persistent id"};
-    return PyUnicode_FromFormat("<unconstructed %s %R>", kinds[z->kind],
-                                z->name != NULL ? z->name : Py_None);
-}
-
-static PyType_Slot lazy_slots[] = {
-    {Py_tp_dealloc, lazy_dealloc},
-    {Py_tp_traverse, lazy_traverse},
-    {Py_tp_clear, lazy_clear},
-    {Py_tp_repr, lazy_repr},
-    {Py_tp_doc, "Unconstructed pickle object (internal)."},
-    {0, NULL},
-};
-
-static PyType_Spec lazy_spec = {
-    .name = "nnunet_export._core._Lazy",
-    .basicsize = sizeof(nx_lazy),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = lazy_slots,
-};
-
-int nx_lazy_add_type(PyObject *module)
-{
-    nx_state *st = nx_get_state(module);
-    st->lazy_type = PyType_FromModuleAndSpec(module, &lazy_spec, NULL);
-    return st->lazy_type == NULL ? -1 : 0;
-}
-
-static nx_lazy *upk_new_lazy(nx_state *st, int kind)
-{
-    nx_lazy *z = PyObject_GC_New(nx_lazy, (PyTypeObject *)st->lazy_type);
-    if (z == NULL) {
-        return NULL;
-    }
-    z->kind = kind;
-    z->global_id = NX_G_UNSAFE;
-    z->sub = -1;
-    z->newobj = 0;
-    z->name = z->func = z->args = z->state = NULL;
-    PyObject_GC_Track((PyObject *)z);
-    return z;
-}
-
-/* ---- allowlist ---- */
-
-typedef struct {
-    const char *module;
-    const char *name;
-    int id;
-} upk_allowed;
-
-static const upk_allowed upk_allowlist[] = {
-    {"collections", "OrderedDict", NX_G_ORDERED_DICT},
-    {"torch._utils", "_rebuild_tensor_v2", NX_G_REBUILD_TENSOR_V2},
-    {"torch._utils", "_rebuild_tensor_v3", NX_G_REBUILD_TENSOR_V3},
-    {"torch._utils", "_rebuild_parameter", NX_G_REBUILD_PARAMETER},
-    {"torch", "device", NX_G_DEVICE},
-    {"numpy.core.multiarray", "scalar", NX_G_NP_SCALAR},
-    {"numpy._core.multiarray", "scalar", NX_G_NP_SCALAR},
-    {"numpy", "dtype", NX_G_NP_DTYPE},
-    {"_codecs", "encode", NX_G_CODECS_ENCODE},
-};
-
-/* Classifies "module name"; sets *sub for storage and dtype globals. */
-static int upk_classify(const char *module, const char *name, int *sub)
-{
-    *sub = -1;
-    for (size_t i = 0; i < sizeof upk_allowlist / sizeof upk_allowlist[0]; i++) {
-        if (strcmp(module, upk_allowlist[i].module) == 0 && strcmp(name, upk_allowlist[i].name) == 0) {
-            return upk_allowlist[i].id;
-        }
-    }
-    /* v3 tensors (float8, uint16, ...) pickle their storage as torch.storage.UntypedStorage */
-    if ((strcmp(module, "torch") == 0 || strcmp(module, "torch.storage") == 0) &&
-        strcmp(name, "UntypedStorage") == 0) {
-        *sub = NX_DTYPE_UINT8;
-        return NX_G_STORAGE;
-    }
-    if (strcmp(module, "torch") == 0) {
-        for (int i = 0; i < nx_dtype_count; i++) {
-            if (nx_dtypes[i].storage_name != NULL && strcmp(name, nx_dtypes[i].storage_name) == 0) {
-                *sub = i;
-                return NX_G_STORAGE;
-            }
-            if (strcmp(name, nx_dtypes[i].torch_name) == 0) {
-                *sub = i;
-                return NX_G_TORCH_DTYPE;
-            }
-        }
-    }
-    if (strcmp(module, "numpy.dtypes") == 0) {
-        for (int i = 0; i < nx_np_dtype_class_count; i++) {
-            if (strcmp(name, nx_np_dtype_classes[i]) == 0) {
-                *sub = i;
-                return NX_G_NP_DTYPE_CLASS;
-            }
-        }
-    }
-    return NX_G_UNSAFE;
-}
 
 /* ---- the VM ---- */
 
@@ -220,12 +48,9 @@ static int upk_fail(upk_vm *vm, const char *why)
 /* Wraps the current Python exception (e.g. a bad UTF-8 string) into a CheckpointError. */
 static int upk_fail_from_python(upk_vm *vm, const char *what)
 {
-    PyObject *type = NULL, *exc = NULL, *tb = NULL;
-    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *exc = nx_take_exception();
     PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
     PyErr_Clear();
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
     PyErr_Format(vm->st->CheckpointError, "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)",
                  vm->path, vm->entry, (unsigned long long)vm->op_at, vm->op, what,
                  msg != NULL ? msg : Py_None);
@@ -373,11 +198,11 @@ static int upk_global(upk_vm *vm)
         parts[i][n] = '\0';
         vm->pos = start + n + 1;
     }
-    nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_GLOBAL);
+    nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_GLOBAL);
     if (z == NULL) {
         return -1;
     }
-    z->global_id = upk_classify(parts[0], parts[1], &z->sub);
+    z->global_id = nx_classify_global(parts[0], parts[1], &z->sub);
     z->name = PyUnicode_FromFormat("%s.%s", parts[0], parts[1]);
     if (z->name == NULL) {
         Py_DECREF(z);
@@ -427,7 +252,7 @@ static int upk_reduce(upk_vm *vm, int newobj)
             goto bail;
         }
     } else {
-        nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_CALL);
+        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_CALL);
         if (z != NULL) {
             z->newobj = newobj;
             z->func = Py_NewRef(func);
@@ -483,6 +308,24 @@ bail:
     return rc;
 }
 
+/* Dict keys the VM accepts. Keys whose hashes an attacker can make collide (floats, tuples, ints
+ * that differ by multiples of 2**61 - 1) would turn SETITEMS quadratic: a small file could hang the
+ * reader. nnU-Net checkpoints use str keys (state dicts, logging) and small ints (optimizer). */
+static int upk_key_ok(upk_vm *vm, PyObject *key)
+{
+    if (PyUnicode_CheckExact(key) || PyBytes_CheckExact(key) || key == Py_None || PyBool_Check(key) ||
+        Py_IS_TYPE(key, (PyTypeObject *)vm->st->lazy_type)) {
+        return 1; /* randomised (SipHash) or identity hashes */
+    }
+    if (PyLong_CheckExact(key)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(key, &overflow);
+        /* hash(i) == i here, except hash(-1) == hash(-2) */
+        return !overflow && v > -(1LL << 60) && v < (1LL << 61) - 1 && v != -1;
+    }
+    return 0;
+}
+
 static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp || ((size_t)(vm->sp - (size_t)start)) % 2 != 0) {
@@ -493,6 +336,10 @@ static int upk_setitems(upk_vm *vm, Py_ssize_t start)
         return upk_fail(vm, "target is not a dict or OrderedDict");
     }
     for (size_t i = (size_t)start; i < vm->sp; i += 2) {
+        if (!upk_key_ok(vm, vm->stack[i])) {
+            return upk_fail(vm, "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) "
+                                "other than -1 (other keys allow hash-collision floods)");
+        }
         /* Keys are built-in values or placeholders: hashing them runs no code from the file. */
         if (PyObject_SetItem(target, vm->stack[i], vm->stack[i + 1]) < 0) {
             return upk_fail_from_python(vm, "bad dict key");
@@ -530,7 +377,11 @@ static PyObject *upk_long(const uint8_t *p, size_t n)
     if (n == 0) {
         return PyLong_FromLong(0);
     }
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromNativeBytes(p, n, Py_ASNATIVEBYTES_LITTLE_ENDIAN); /* signed */
+#else
     return _PyLong_FromByteArray(p, n, 1, 1);
+#endif
 }
 
 static const char *upk_opcode_name(uint8_t op)
@@ -707,7 +558,11 @@ static int upk_step(upk_vm *vm)
         if ((p = upk_read(vm, 8)) == NULL) {
             return -1;
         }
+#if PY_VERSION_HEX >= 0x030B0000
         double d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
+#else
+        double d = _PyFloat_Unpack8(p, 0);
+#endif
         if (d == -1.0 && PyErr_Occurred()) {
             return -1;
         }
@@ -777,7 +632,7 @@ static int upk_step(upk_vm *vm)
             Py_DECREF(pid);
             return upk_fail(vm, "persistent id is not a tuple");
         }
-        nx_lazy *z = upk_new_lazy(vm->st, NX_LAZY_PERSID);
+        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_PERSID);
         if (z == NULL) {
             Py_DECREF(pid);
             return -1;

@@ -4,8 +4,6 @@
 #include "nnunet_export.h"
 
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define ZIPR_EOCD_SIG 0x06054b50u
 #define ZIPR_EOCD_SIZE 22u
@@ -390,23 +388,6 @@ nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_l
     return NULL;
 }
 
-/* Maps a large payload's pages in one call instead of one fault per 64 KiB: about halves the time
- * the CRC pass spends on page faults. Best effort: older kernels lack MADV_POPULATE_READ. */
-static void zipr_prefault(const nx_mapping *map, const nx_zip_entry *e)
-{
-#ifdef MADV_POPULATE_READ
-    if (e->size >= (1u << 20)) {
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-        uintptr_t start = (uintptr_t)(map->base + e->data_offset) & ~(page - 1);
-        uintptr_t end = (uintptr_t)(map->base + e->data_offset + e->size);
-        (void)madvise((void *)start, end - start, MADV_POPULATE_READ);
-    }
-#else
-    (void)map;
-    (void)e;
-#endif
-}
-
 int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc)
 {
     uint32_t crc;
@@ -421,7 +402,6 @@ int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int 
     }
     /* Pure C over file bytes (page faults included): let other threads run. */
     Py_BEGIN_ALLOW_THREADS
-    zipr_prefault(map, e);
     crc = nx_crc32(0, map->base + e->data_offset, e->size);
     Py_END_ALLOW_THREADS
     if (crc != e->crc) {

@@ -216,8 +216,8 @@ def p_top(**items: bytes) -> bytes:
     return b"\x80\x02}(" + p_str("trainer_name") + p_str("nnUNetTrainer") + body + b"u."
 
 
-def p_storage(storage_type: bytes, key="0", numel=4) -> bytes:
-    return b"(" + p_str("storage") + storage_type + p_str(key) + p_str("cpu") + p_int(numel) + b"tQ"
+def p_storage(storage_type: bytes, key="0", numel=4, location="cpu") -> bytes:
+    return b"(" + p_str("storage") + storage_type + p_str(key) + p_str(location) + p_int(numel) + b"tQ"
 
 
 def p_rebuild(storage: bytes, offset=0, size=(4,), stride=(1,)) -> bytes:

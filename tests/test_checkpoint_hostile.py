@@ -120,7 +120,12 @@ def test_rebuild_function_abuse(tmp_path, canary):
         read_checkpoint(path, ["network_weights"])
     # calling what an allowlisted global returned
     path = write(tmp_path, top(network_weights=call(call(g("torch", "device"), s("cpu")), s("x"))))
-    with pytest.raises(UnsafeCheckpointError, match="needs global 'torch.device'"):
+    with pytest.raises(UnsafeCheckpointError, match="uses allowlisted global 'torch.device' but calls the "
+                                                    "object it returns"):
+        read_checkpoint(path, ["network_weights"])
+    # NEWOBJ on an allowlisted class
+    path = write(tmp_path, top(network_weights=g("collections", "OrderedDict") + b")\x81"))
+    with pytest.raises(UnsafeCheckpointError, match="'collections.OrderedDict' but instantiates it with NEWOBJ"):
         read_checkpoint(path, ["network_weights"])
     # _rebuild_parameter around an unsafe call
     param = call(g("torch._utils", "_rebuild_parameter"), call(g("builtins", "eval"), s("1")), b"\x88",
@@ -164,7 +169,10 @@ def test_rebuild_function_abuse(tmp_path, canary):
     (b"\x80\x02X\x02\x00\x00\x00\xff\xfe.", r"opcode BINUNICODE: string is not UTF-8"),
     (b"\x80\x02](" + s("k") + s("v") + b"u.", r"SETITEMS: target is not a dict or OrderedDict"),
     (b"\x80\x02}(](" + b"tt" + b"\x00" + b"u.", r"TUPLE: no MARK|not allowed"),
-    (b"\x80\x02}]]s.", r"opcode SETITEM: bad dict key \(unhashable type: 'list'\)"),
+    (b"\x80\x02}]]s.", r"opcode SETITEM: dict key is not a str, bytes, bool, None or int"),
+    (b"\x80\x02})]s.", r"opcode SETITEM: dict key is not a str"),
+    (b"\x80\x02}G?\xf0\x00\x00\x00\x00\x00\x00]s.", r"opcode SETITEM: dict key is not a str"),
+    (b"\x80\x02}J\xff\xff\xff\xff]s.", r"opcode SETITEM: dict key is not a str"),
     (b"\x80\x02" + g("os", "system") + s("x") + b"R.", r"opcode REDUCE: argument is not a tuple"),
     (b"\x80\x02" + s("f") + b")R.", r"opcode REDUCE: callable is not a global"),
     (b"\x80\x02}" + b"(" + s("x") + b"\n" + b"u.", r"opcode 0x0a \(unknown\) is not allowed"),
@@ -203,6 +211,14 @@ def test_nesting_depth_limit_and_no_crash_when_skipped(tmp_path):
         read_checkpoint(path, ["init_args"])
     with pytest.raises(UnsafeCheckpointError, match="optimizer_state needs global 'posix.system'"):
         read_checkpoint(path, ["optimizer_state"])
+
+
+def test_colliding_int_keys_are_refused_quickly(tmp_path):
+    # 20k int keys that all hash alike (multiples of 2**61 - 1) would make dict filling quadratic
+    keys = b"".join(i(k * (2**61 - 1)) + b"N" for k in range(1, 20_001))
+    path = write(tmp_path, top(optimizer_state=b"}(" + keys + b"u"))
+    with pytest.raises(CheckpointError, match="other keys allow hash-collision floods"):
+        read_checkpoint(path, ["trainer_name"])
 
 
 def test_declared_lengths_do_not_allocate(tmp_path):

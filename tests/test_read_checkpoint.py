@@ -20,8 +20,13 @@ from nnunet_export import CheckpointError, read_checkpoint
 from checkpoint_helpers import (
     ALL_KEYS,
     assert_checkpoint_parity,
+    p_global,
+    p_rebuild,
+    p_storage,
+    p_top,
     rewrite_zip,
     save_small_checkpoint,
+    zip_with_pickle,
 )
 
 
@@ -278,3 +283,13 @@ def test_numpy_1_scalar_spelling_and_dtype_classes(tmp_path):
     old.write_bytes(rewrite_zip(path.read_bytes(), replace={
         "data.pkl": pkl.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")}))
     assert_checkpoint_parity(read_checkpoint(old, ["logging", "_best_ema"]), reference)
+
+
+def test_cuda_saved_storages_load_on_the_cpu(tmp_path):
+    # GPU training writes location 'cuda:0'; like map_location='cpu', tensors come back on the CPU
+    values = struct.pack("<4f", 1.0, 2.0, 3.0, 4.0)
+    tensor = p_rebuild(p_storage(p_global("torch", "FloatStorage"), location="cuda:0"))
+    path = tmp_path / "gpu.pth"
+    path.write_bytes(zip_with_pickle(p_top(network_weights=tensor), {"0": values}))
+    w = read_checkpoint(path, ["network_weights"])["network_weights"]
+    assert w.device == torch.device("cpu") and w.tolist() == [1.0, 2.0, 3.0, 4.0]
