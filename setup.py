@@ -13,6 +13,10 @@ kCjsonMissing = (
     "nnunet_export needs the cJSON library and its pkg-config file: install them with "
     "'apt-get install libcjson-dev pkg-config' (Debian/Ubuntu) and build again."
 )
+kDeflateMissing = (
+    "nnunet_export needs the libdeflate library (CRC-32 of checkpoint entries) and its pkg-config "
+    "file: install them with 'apt-get install libdeflate-dev pkg-config' (Debian/Ubuntu) and build again."
+)
 kCompilerMissing = (
     "nnunet_export needs a C compiler to build its C core: install one with "
     "'apt-get install build-essential' (Debian/Ubuntu) and build again."
@@ -25,13 +29,13 @@ def fail(message):
     raise SystemExit(1)
 
 
-def pkg_config(*args):
+def pkg_config(package, missing_message, *args):
     pkg_config_bin = shutil.which("pkg-config")
     if pkg_config_bin is None:
-        fail(kCjsonMissing)
-    result = subprocess.run([pkg_config_bin, *args, "libcjson"], capture_output=True, text=True)
+        fail(missing_message)
+    result = subprocess.run([pkg_config_bin, *args, package], capture_output=True, text=True)
     if result.returncode != 0:
-        fail(kCjsonMissing)
+        fail(missing_message)
     return result.stdout.split()
 
 
@@ -64,8 +68,10 @@ class BuildCore(build_ext):
 
 
 def core_extension():
-    cflags = pkg_config("--cflags")
-    libs = pkg_config("--libs")
+    cflags, libs = [], []
+    for package, message in (("libcjson", kCjsonMissing), ("libdeflate", kDeflateMissing)):
+        cflags += pkg_config(package, message, "--cflags")
+        libs += pkg_config(package, message, "--libs")
     link_args = []
     if os.environ.get("NNUNET_EXPORT_SANITIZE"):
         link_args += ["-fsanitize=address,undefined"]
@@ -75,7 +81,7 @@ def core_extension():
         depends=glob.glob(os.path.join("csrc", "*.h")),
         include_dirs=[numpy_include()] + [f[2:] for f in cflags if f.startswith("-I")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
-        libraries=[f[2:] for f in libs if f.startswith("-l")] + ["z"],  # zlib: crc32 of checkpoint entries
+        libraries=[f[2:] for f in libs if f.startswith("-l")],
         extra_compile_args=strict_flags() + [f for f in cflags if not f.startswith("-I")],
         extra_link_args=link_args,
     )

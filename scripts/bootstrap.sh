@@ -13,7 +13,7 @@ need_apt=()
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists libcjson 2>/dev/null || need_apt+=(libcjson-dev)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
-[ -f /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+pkg-config --exists libdeflate 2>/dev/null || need_apt+=(libdeflate-dev)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
