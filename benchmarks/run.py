@@ -4,6 +4,10 @@
 
 Each module exposes `run(size) -> list[dict]` (rows from timing.row). Ratios compare ours
 with a baseline measured in the same run. Exit status 1 when any row is not ok.
+
+Fixtures come from tests/nnunet_fixtures.py and are built on first use: tiny ones in about 3 min
+on 2 idle cores, realistic ones (31 M-parameter 3d_fullres, 102 M-parameter ResEnc L) in about
+12 min on 2 busy cores; later runs reuse the on-disk cache.
 """
 from __future__ import annotations
 

@@ -186,6 +186,9 @@ def _train(size: str, variant: VariantSpec, run: TrainingRun) -> None:
     trainer.num_epochs = run.num_epochs
     trainer.num_iterations_per_epoch = run.iterations_per_epoch
     trainer.num_val_iterations_per_epoch = 1
+    if run.batch_size is not None:
+        trainer.initialize()  # sets trainer.batch_size from the plans; run_training then skips it
+        trainer.batch_size = run.batch_size
     trainer.run_training()
     if run.run_validation:
         trainer.perform_actual_validation()

@@ -54,6 +54,9 @@ class TrainingRun:
     iterations_per_epoch: int = 3
     # Lowres stage of a cascade: nnU-Net's validation writes predicted_next_stage.
     run_validation: bool = False
+    # None: the plans' batch size. Realistic fixtures train one step with batch 1 so that a
+    # 100 M-parameter 3D network fits a shared CPU machine; plans.json keeps the planned value.
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def _variants(size: str) -> dict[str, VariantSpec]:
 
     def run(configuration, fold, **kwargs):
         kwargs.setdefault("iterations_per_epoch", iterations)
+        if size == "realistic":
+            kwargs.setdefault("batch_size", 1)
         return TrainingRun(configuration, fold, **kwargs)
 
     fullres = VariantSpec("3d_fullres", "shapes", "3d_fullres", (0,), runs=(run("3d_fullres", 0),))

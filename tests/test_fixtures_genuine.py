@@ -263,7 +263,12 @@ def test_cached_fixtures_are_not_rebuilt(nnunet_fixture, monkeypatch):
         raise AssertionError("cached fixture was rebuilt")
 
     monkeypatch.setattr(nnunet_fixtures, "_run_builder", refuse)
-    assert nnunet_fixtures.get_fixture("3d_fullres").model_dir.is_dir()
+    fixture = nnunet_fixtures.get_fixture("3d_fullres")
+    assert fixture.model_dir.is_dir()
+    # Builds happen in .tmp-* folders renamed into place: none may be left behind.
+    key_dir = fixture.results_dir.parent.parent.parent
+    assert key_dir.name == nnunet_fixtures.cache_key()
+    assert not list(key_dir.glob("*/.tmp-*"))
 
 
 def test_checkpoint_path_rejects_unknown_fold_and_checkpoint(nnunet_fixture):
