@@ -18,6 +18,13 @@ from nnunet_export import cli
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these networks are tiny, and on a shared, busy CPU two OpenMP threads
+    waiting for each other made them ~50x slower. conftest restores the count after each test."""
+    torch.set_num_threads(1)
+
+
 def run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()

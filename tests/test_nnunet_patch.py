@@ -26,6 +26,13 @@ ORIGINALS = {name: nnUNetPredictor.__dict__[name] for name in PATCHED}
 
 
 @pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these networks are tiny, and on a shared, busy CPU two OpenMP threads
+    waiting for each other made them ~50x slower. conftest restores the count after each test."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _always_unpatched():
     nnunet_export.unpatch_nnunet()
     assert all(nnUNetPredictor.__dict__[n] is ORIGINALS[n] for n in PATCHED)
@@ -291,7 +298,23 @@ def _read_segmentations(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(folder.glob("*.nii.gz"))}
 
 
-@pytest.mark.parametrize("name,folds,mirroring", [("2d", (0,), True), ("multifold", (0, 1, 2), False)])
+def test_single_fold_2d_logits_with_mirroring_unchanged(nnunet_fixture):
+    fixture = nnunet_fixture("2d")
+    plain = make_predictor(use_mirroring=True)
+    plain.initialize_from_trained_model_folder(str(fixture.model_dir), (0,), "checkpoint_final.pth")
+    data = preprocessed_case(plain, fixture)
+    expected = plain.predict_logits_from_preprocessed_data(data)
+    with nnunet_export.patched_nnunet():
+        patched = make_predictor(use_mirroring=True)
+        patched.initialize_from_trained_model_folder(str(fixture.model_dir), (0,), "checkpoint_final.pth")
+        got = patched.predict_logits_from_preprocessed_data(data)
+    assert patched.allowed_mirroring_axes == plain.allowed_mirroring_axes == (0, 1)
+    assert got.shape == expected.shape == (3, *data.shape[1:])
+    assert float((got - expected).abs().max()) <= 1e-6
+
+
+# Spawns nnU-Net's preprocessing and export workers (one each) per call: the slowest test here.
+@pytest.mark.parametrize("name,folds,mirroring", [("multifold", (0, 1, 2), False)])
 def test_predict_from_files_writes_identical_segmentations(nnunet_fixture, tmp_path, name, folds, mirroring):
     fixture = nnunet_fixture(name)
     images = sorted((fixture.raw_dir / fixture.dataset_name / "imagesTr").glob("*_0000.nii.gz"))[:1]

@@ -6,12 +6,20 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import nnunet_export
 from nnunet_export import _core
 
 PACKAGE = Path(nnunet_export.__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these networks are tiny, and on a shared, busy CPU two OpenMP threads
+    waiting for each other made them ~50x slower. conftest restores the count after each test."""
+    torch.set_num_threads(1)
 
 
 def _expected_rows(model, fixture, folds: str) -> list[tuple[str, str]]:
