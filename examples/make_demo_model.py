@@ -12,6 +12,10 @@ Writes OUT/{plans.json, dataset.json, dataset_fingerprint.json, fold_0/checkpoin
 (the checkpoint exactly as nnU-Net saved it) and OUT/sample/{image_0000.png, label.png}, a case
 that was never seen in training. Only the planner's feature counts are lowered (as a custom
 planner subclass would) so the shipped folder stays small.
+
+The shipped model: 60 cases of 64 x 64, 15 epochs x 20 iterations (the 240 s budget, one torch
+thread), planning+preprocessing 174 s and training 279 s on a shared, heavily loaded 2-core CPU;
+4.55 MiB written; nnU-Net's pseudo Dice at the last epoch 0.994 / 0.991.
 """
 from __future__ import annotations
 
