@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -94,10 +95,19 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import to_exported_program, to_torchscript
     from .loading import load_complete
 
+    import torch
+
     folder = resolve_model_folder(args)
     fmt = args.format or ("pt2" if args.output.endswith(".pt2") else "torchscript")
     if fmt == "pt2" and args.trace:
         raise UsageError("--trace applies to TorchScript only")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if args.num_threads is not None and args.num_threads < 1:
+        raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}")
+    started = time.perf_counter()
     model = load_complete(folder, folds=args.folds, checkpoint_name=args.checkpoint, device=args.device,
                           num_threads=args.num_threads, progress=_progress)
     if fmt == "pt2":
@@ -105,8 +115,20 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         report = to_torchscript(model, args.output, method="trace" if args.trace else "auto",
                                 verify=not args.no_verify, progress=_progress)
-    print(report.table())
+    print(summary_table(report, model, folder, time.perf_counter() - started))
     return 0
+
+
+def summary_table(report, model, folder: Path, total_seconds: float) -> str:
+    """ExportReport.table() plus the model folder, folds, device and total time, one aligned table."""
+    rows = [("model", str(folder)), ("folds", ", ".join(str(f) for f in model.info.folds)),
+            ("device", str(next(iter(model.parameters())).device))]
+    for line in report.table().splitlines():
+        key, value = re.split(r"\s{2,}", line, maxsplit=1)
+        rows.append((key, value))
+    rows.append(("total time", f"{total_seconds:.2f} s (loading, export and verification)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def run_inspect(path_text: str) -> int:
@@ -162,7 +184,29 @@ def run_inspect(path_text: str) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    message = text[0] if text else ""
+    if isinstance(err, (ExportError, OSError)):
+        return message or type(err).__name__
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors exit 2, --help exits 0
+        raise _ParserExit(int(exit_.code or 0)) from None
+
+
+class _ParserExit(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nnunet-export`` and ``python -m nnunet_export``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     started = time.perf_counter()
@@ -172,16 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              description="Summarise a model folder, checkpoint or exported file.")
             parser.add_argument("path")
             parser.add_argument("--verbose", action="store_true")
-            return run_inspect(parser.parse_args(argv[1:]).path)
-        args = _export_parser().parse_args(argv)
+            return run_inspect(_parse(parser, argv[1:]).path)
+        args = _parse(_export_parser(), argv)
         code = run_export(args)
         _progress(f"done in {time.perf_counter() - started:.1f} s")
         return code
+    except _ParserExit as exit_:
+        return exit_.code
     except UsageError as err:
         print(f"nnunet-export: error: {err}", file=sys.stderr)
         return 2
-    except (ExportError, OSError) as err:
+    except KeyboardInterrupt:
+        print("nnunet-export: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --verbose
         if verbose:
             traceback.print_exc()
-        print(f"nnunet-export: error: {err}", file=sys.stderr)
+        print(f"nnunet-export: error: {_one_line(err)}", file=sys.stderr)
         return 1

@@ -20,8 +20,9 @@ import torch
 
 from ._core import ExportError, ThreadGuard
 
-# The nnunetv2 releases whose predictor API this patch was written and tested against: the
-# method names and signatures below, and the attributes the predictor sets, are checked too.
+# The nnunetv2 releases whose predictor API this patch accepts (from 2.5.2, which loads fold 0 at
+# initialise, to 2.8.1); the method names and signatures below are checked too. The test suite
+# (tests/test_nnunet_patch.py) runs against nnunetv2 2.8.1.
 TESTED_NNUNET_VERSIONS = ("2.5.2", "2.8.1")
 _PATCHED = ("initialize_from_trained_model_folder", "predict_logits_from_preprocessed_data")
 _EXPECTED_PARAMETERS = {
