@@ -47,21 +47,58 @@ def check_state_dict_fits(
         )
 
 
-def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+# Tensors at least this large are hashed on worker threads (hashlib releases the GIL while it
+# hashes); smaller ones are not worth a hand-off.
+_PARALLEL_BYTES = 1 << 20
+
+
+def _tensor_bytes(tensor: torch.Tensor):
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    # A byte view works for every dtype, bfloat16 included (numpy has no bfloat16).
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b""
+
+
+def _sha256_hex(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor], max_workers: int = 1) -> str:
     """SHA-256 of a state dict, independent of key order and of storage layout.
 
-    Hashes, for every key in sorted order: the key, its dtype, its shape and its values in
-    C-contiguous order. Aliases (the same tensor under two keys) are hashed under each key, so
-    the digest describes exactly what ``load_state_dict`` receives.
+    The digest is the SHA-256 of, for every key in sorted order: the key, its dtype, its shape
+    and the SHA-256 of its values in C-contiguous order. A key that is an alias of an earlier
+    key (the same view of the same storage: dna names every encoder weight four times) refers
+    to that key instead of hashing its bytes again, so the digest still describes exactly what
+    ``load_state_dict`` receives. Per-tensor digests let ``max_workers`` threads hash large
+    tensors concurrently; the result does not depend on ``max_workers``.
     """
-    digest = hashlib.sha256()
+    entries: list[tuple[str, torch.Tensor, str | None]] = []
+    first_key_of: dict[tuple, str] = {}
     for key in sorted(state_dict):
         tensor = state_dict[key].detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        tensor = tensor.contiguous()
-        header = f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0".encode()
-        digest.update(header)
-        # A byte view works for every dtype, bfloat16 included (numpy has no bfloat16).
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
+        view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                tuple(tensor.stride()), tensor.dtype, tuple(tensor.shape))
+        alias_of = first_key_of.get(view) if tensor.numel() else None
+        if alias_of is None:
+            first_key_of.setdefault(view, key)
+        entries.append((key, tensor, alias_of))
+
+    big = [t for _, t, alias in entries if alias is None and t.numel() * t.element_size() >= _PARALLEL_BYTES]
+    digests: dict[int, str] = {}
+    if max_workers > 1 and len(big) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(big))) as pool:
+            for tensor, hexdigest in zip(big, pool.map(lambda t: _sha256_hex(_tensor_bytes(t)), big)):
+                digests[id(tensor)] = hexdigest
+
+    digest = hashlib.sha256()
+    for key, tensor, alias_of in entries:
+        digest.update(f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0".encode())
+        if alias_of is not None:
+            digest.update(f"alias\0{alias_of}\0".encode())
+        else:
+            value = digests.get(id(tensor)) or _sha256_hex(_tensor_bytes(tensor))
+            digest.update(f"{value}\0".encode())
     return digest.hexdigest()
