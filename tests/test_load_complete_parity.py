@@ -26,6 +26,12 @@ SINGLE_FOLD_FIXTURES = ("2d", "3d_fullres", "cascade", "resenc", "bn", "regions"
                         "orig_mod_prefix", "module_prefix")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: intra-op threads only add contention on a shared machine (conftest restores)."""
+    torch.set_num_threads(1)
+
+
 def _predictor(model_dir, folds, checkpoint_name=FINAL):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
