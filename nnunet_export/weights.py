@@ -67,38 +67,33 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor], max_workers: int = 1)
     """SHA-256 of a state dict, independent of key order and of storage layout.
 
     The digest is the SHA-256 of, for every key in sorted order: the key, its dtype, its shape
-    and the SHA-256 of its values in C-contiguous order. A key that is an alias of an earlier
-    key (the same view of the same storage: dna names every encoder weight four times) refers
-    to that key instead of hashing its bytes again, so the digest still describes exactly what
-    ``load_state_dict`` receives. Per-tensor digests let ``max_workers`` threads hash large
-    tensors concurrently; the result does not depend on ``max_workers``.
+    and the SHA-256 of its values in C-contiguous order. The values of a key that is the same
+    view of the same storage as an earlier key (dna names every encoder weight four times) are
+    hashed once and their digest reused, so the result is the same whether aliases share
+    storage or are copies. ``max_workers`` threads hash large tensors concurrently; the result
+    does not depend on it.
     """
-    entries: list[tuple[str, torch.Tensor, str | None]] = []
-    first_key_of: dict[tuple, str] = {}
+    entries: list[tuple[str, torch.Tensor, tuple]] = []
+    unique: dict[tuple, torch.Tensor] = {}
     for key in sorted(state_dict):
         tensor = state_dict[key].detach()
         view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
                 tuple(tensor.stride()), tensor.dtype, tuple(tensor.shape))
-        alias_of = first_key_of.get(view) if tensor.numel() else None
-        if alias_of is None:
-            first_key_of.setdefault(view, key)
-        entries.append((key, tensor, alias_of))
+        unique.setdefault(view, tensor)
+        entries.append((key, tensor, view))
 
-    big = [t for _, t, alias in entries if alias is None and t.numel() * t.element_size() >= _PARALLEL_BYTES]
-    digests: dict[int, str] = {}
+    values: dict[tuple, str] = {}
+    big = [v for v, t in unique.items() if t.numel() * t.element_size() >= _PARALLEL_BYTES]
     if max_workers > 1 and len(big) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(max_workers, len(big))) as pool:
-            for tensor, hexdigest in zip(big, pool.map(lambda t: _sha256_hex(_tensor_bytes(t)), big)):
-                digests[id(tensor)] = hexdigest
+            values.update(zip(big, pool.map(lambda v: _sha256_hex(_tensor_bytes(unique[v])), big)))
+    for view, tensor in unique.items():
+        if view not in values:
+            values[view] = _sha256_hex(_tensor_bytes(tensor))
 
     digest = hashlib.sha256()
-    for key, tensor, alias_of in entries:
-        digest.update(f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0".encode())
-        if alias_of is not None:
-            digest.update(f"alias\0{alias_of}\0".encode())
-        else:
-            value = digests.get(id(tensor)) or _sha256_hex(_tensor_bytes(tensor))
-            digest.update(f"{value}\0".encode())
+    for key, tensor, view in entries:
+        digest.update(f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0{values[view]}\0".encode())
     return digest.hexdigest()

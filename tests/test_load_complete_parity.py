@@ -238,3 +238,19 @@ def test_sha256_changes_when_one_weight_changes(nnunet_fixture, tmp_path):
     checkpoint["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"].view(-1)[0] += 1
     torch.save(checkpoint, path)
     assert nnunet_export.load_complete(copy_dir, folds=0).info.weights_sha256 != after
+
+
+def test_weights_sha256_ignores_key_order_layout_and_workers(nnunet_fixture):
+    from nnunet_export.weights import weights_sha256
+
+    weights = nnunet_export.read_checkpoint(nnunet_fixture("3d_fullres").model_dir / "fold_0" / FINAL,
+                                            ["network_weights"])["network_weights"]
+    reference = weights_sha256(weights)
+    assert weights_sha256(dict(reversed(list(weights.items())))) == reference
+    assert weights_sha256({k: v.clone() for k, v in weights.items()}) == reference  # aliases as copies
+    assert weights_sha256(weights, max_workers=4) == reference
+    big = {k: v.repeat(64, *([1] * (v.dim() - 1))) if v.dim() else v for k, v in weights.items()}
+    assert weights_sha256(big, max_workers=4) == weights_sha256(big, max_workers=1)
+    renamed = dict(weights)
+    renamed["decoder.seg_layers.1.bias_"] = renamed.pop("decoder.seg_layers.1.bias")
+    assert weights_sha256(renamed) != reference
