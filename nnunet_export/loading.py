@@ -170,6 +170,11 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
     started = time.perf_counter()
     model_dir, fold_from_path = resolve_model_dir(model_dir)
     requested = normalize_folds(folds)
+    if fold_from_path is not None and requested is not None and requested != (fold_from_path,):
+        raise ModelFolderError(
+            f"{str(model_dir / f'fold_{fold_from_path}')!r} names fold {fold_from_path!r} but folds="
+            f"{folds!r} was given: pass the model folder to choose other folds"
+        )
     if requested is None:
         requested = (fold_from_path,) if fold_from_path is not None else detect_folds(model_dir, checkpoint_name)
     device = torch.device(device)

@@ -153,6 +153,15 @@ def test_fold_folder_path_selects_that_fold(nnunet_fixture):
         assert model.info.weights_sha256 == nnunet_export.load_complete(model_dir, folds=fold).info.weights_sha256
 
 
+def test_fold_folder_path_and_other_folds_conflict(nnunet_fixture):
+    model_dir = nnunet_fixture("multifold").model_dir
+    assert nnunet_export.load_complete(model_dir / "fold_1", folds=1).info.folds == (1,)
+    _raises_exactly(ModelFolderError,
+                    f"{str(model_dir / 'fold_1')!r} names fold 1 but folds=[0, 2] was given: pass the "
+                    "model folder to choose other folds",
+                    lambda: nnunet_export.load_complete(model_dir / "fold_1", folds=[0, 2]))
+
+
 def test_auto_detection_without_fold_n_is_a_clear_error(nnunet_fixture, tmp_path):
     model_dir = _copy(nnunet_fixture("multifold"), tmp_path)
     for fold in (0, 1, 2):
