@@ -77,7 +77,7 @@ def _realistic_model_dir() -> tuple[Path, str]:
     found = sorted(nnunet_fixtures.cache_root().glob(pattern))
     if not found:
         return nnunet_fixtures.get_fixture("3d_fullres", size="realistic").model_dir, "realistic 3d_fullres fixture"
-    key = found[-1].parts[-5]
+    key = found[-1].parts[-6]
     return found[-1], f"realistic 3d_fullres fixture of cache key {key} (current key not built)"
 
 
