@@ -72,7 +72,7 @@ def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights
         configuration=configuration,
         mirroring_axes=tuple(int(a) for a in axes) if axes is not None else None,
         state_dict=state_dict,
-        sha256=weights_sha256(state_dict),
+        sha256=weights_sha256(state_dict, max_workers=torch.get_num_threads()),
     )
 
 
@@ -170,6 +170,11 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
     started = time.perf_counter()
     model_dir, fold_from_path = resolve_model_dir(model_dir)
     requested = normalize_folds(folds)
+    if fold_from_path is not None and requested is not None and requested != (fold_from_path,):
+        raise ModelFolderError(
+            f"{str(model_dir / f'fold_{fold_from_path}')!r} names fold {fold_from_path!r} but folds="
+            f"{folds!r} was given: pass the model folder to choose other folds"
+        )
     if requested is None:
         requested = (fold_from_path,) if fold_from_path is not None else detect_folds(model_dir, checkpoint_name)
     device = torch.device(device)
@@ -195,7 +200,10 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         check_state_dict_fits(built.network.state_dict(keep_vars=True), fw.state_dict, str(fw.path))
         # Adopts the checkpoint's (privately mapped) tensors without a copy where it can.
         load_weights(built.network, fw.state_dict, strict=True)
-        network = prepare_for_inference(built.network).to(device)
+        network = prepare_for_inference(built.network)
+        # Module.to walks every submodule even when nothing moves; skip it in the common case.
+        if any(t.device != device for t in (*network.parameters(), *network.buffers())):
+            network = network.to(device)
         networks.append(network)
         say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")
     assert built is not None

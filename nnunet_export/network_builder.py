@@ -112,7 +112,22 @@ def build_for_checkpoint(config, trainer_name: str, state_dict: Mapping[str, tor
             "code install nnunetv2 ('pip install nnunet_export[nnunet]') and make the trainer "
             "importable (nnunetv2.training.nnUNetTrainer or $nnUNet_extTrainer)"
         )
-    network = _build_with_trainer(trainer_cls, config, model_dir)
+    try:
+        network = _build_with_trainer(trainer_cls, config, model_dir)
+    except Exception as error:  # nnU-Net's or the trainer's code: any failure means "cannot build"
+        raise UnsupportedArchitectureError(
+            f"{trainer_name}.build_network_architecture could not build network class {class_name!r}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(network, torch.nn.Module):
+        raise UnsupportedArchitectureError(
+            f"{trainer_name}.build_network_architecture returned a {type(network).__name__}, not a "
+            "torch.nn.Module"
+        )
+    # A trainer may ignore enable_deep_supervision=False; dna's decoders then still return a list.
+    for module in network.modules():
+        if isinstance(getattr(module, "deep_supervision", None), bool):
+            module.deep_supervision = False
     reason = (
         f"built by {trainer_name}.build_network_architecture (network class {class_name}); "
         "nnunet_export's scriptable implementations cover PlainConvUNet and ResidualEncoderUNet "

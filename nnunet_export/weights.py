@@ -47,21 +47,53 @@ def check_state_dict_fits(
         )
 
 
-def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+# Tensors at least this large are hashed on worker threads (hashlib releases the GIL while it
+# hashes); smaller ones are not worth a hand-off.
+_PARALLEL_BYTES = 1 << 20
+
+
+def _tensor_bytes(tensor: torch.Tensor):
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    # A byte view works for every dtype, bfloat16 included (numpy has no bfloat16).
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b""
+
+
+def _sha256_hex(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor], max_workers: int = 1) -> str:
     """SHA-256 of a state dict, independent of key order and of storage layout.
 
-    Hashes, for every key in sorted order: the key, its dtype, its shape and its values in
-    C-contiguous order. Aliases (the same tensor under two keys) are hashed under each key, so
-    the digest describes exactly what ``load_state_dict`` receives.
+    The digest is the SHA-256 of, for every key in sorted order: the key, its dtype, its shape
+    and the SHA-256 of its values in C-contiguous order. The values of a key that is the same
+    view of the same storage as an earlier key (dna names every encoder weight four times) are
+    hashed once and their digest reused, so the result is the same whether aliases share
+    storage or are copies. ``max_workers`` threads hash large tensors concurrently; the result
+    does not depend on it.
     """
-    digest = hashlib.sha256()
+    entries: list[tuple[str, torch.Tensor, tuple]] = []
+    unique: dict[tuple, torch.Tensor] = {}
     for key in sorted(state_dict):
         tensor = state_dict[key].detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        tensor = tensor.contiguous()
-        header = f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0".encode()
-        digest.update(header)
-        # A byte view works for every dtype, bfloat16 included (numpy has no bfloat16).
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
+        view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                tuple(tensor.stride()), tensor.dtype, tuple(tensor.shape))
+        unique.setdefault(view, tensor)
+        entries.append((key, tensor, view))
+
+    values: dict[tuple, str] = {}
+    big = [v for v, t in unique.items() if t.numel() * t.element_size() >= _PARALLEL_BYTES]
+    if max_workers > 1 and len(big) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(big))) as pool:
+            values.update(zip(big, pool.map(lambda v: _sha256_hex(_tensor_bytes(unique[v])), big)))
+    for view, tensor in unique.items():
+        if view not in values:
+            values[view] = _sha256_hex(_tensor_bytes(tensor))
+
+    digest = hashlib.sha256()
+    for key, tensor, view in entries:
+        digest.update(f"{key}\0{str(tensor.dtype)}\0{tuple(tensor.shape)}\0{values[view]}\0".encode())
     return digest.hexdigest()
