@@ -240,7 +240,20 @@ def to_exported_program(
     """Export to a ``torch.export`` ``.pt2`` file with the same metadata and verification.
 
     TorchScript is deprecated upstream; this is the forward-looking format. The program is
-    exported for the patch size (static shapes), so verification uses the patch-size input.
+    exported for the patch size (static shapes), so verification uses the patch-size input;
+    every weight of the reloaded program is also compared bit for bit with the module's.
+
+    Args:
+        module_or_model_dir, verify, tolerance, progress, load_kwargs: as for
+            :func:`to_torchscript`.
+        path: the output file; torch.export requires the ``.pt2`` extension.
+
+    Returns:
+        An :class:`ExportReport` with ``method == "torch.export"``.
+
+    Raises:
+        ExportError subclasses: OutputPathError, VerificationError, and everything
+        ``load_complete`` raises.
 
     Example:
         >>> nnunet_export.to_exported_program(model, "model.pt2")  # doctest: +SKIP
