@@ -40,7 +40,7 @@ BENCHMARK = "export"
 LATENCY_TARGET = 1.02
 TOLERANCE = 1e-6
 # (export repeats, forward repeats, forward warm-up runs) per size
-REPEATS = {"tiny": (3, 30, 5), "realistic": (2, 5, 3)}
+REPEATS = {"tiny": (3, 30, 5), "realistic": (1, 3, 2)}
 THREADS = 1
 
 
