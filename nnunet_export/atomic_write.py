@@ -23,6 +23,19 @@ def check_output_path(path: Path) -> None:
         raise OutputPathError(f"output folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"output folder {str(folder)!r} is not writable")
+    # os.access says yes to root everywhere (read-only mounts, /sys): only creating a file
+    # proves the folder takes one, and it must fail here, before minutes of export work.
+    fd, probe = _make_temporary(path, ".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _make_temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """mkstemp next to ``path``; raises OutputPathError (not a bare OSError) when it cannot."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    except OSError as err:
+        raise OutputPathError(f"output folder {str(path.parent)!r} is not writable: {err.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -31,7 +44,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     ``path``. On any exception the temporary file is removed and ``path`` is left untouched."""
     check_output_path(path)
     # The temporary keeps the target's extension: torch.export refuses archives not named .pt2.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    fd, tmp_name = _make_temporary(path, f".partial{path.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

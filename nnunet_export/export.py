@@ -52,12 +52,18 @@ class ExportReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _as_model(module_or_model_dir, load_kwargs: dict):
+def _as_model(module_or_model_dir, load_kwargs: dict, caller: str):
     from .loading import load_complete
     from .model import NnUNetModel, attached_info
 
     if isinstance(module_or_model_dir, (str, os.PathLike)):
         return load_complete(module_or_model_dir, **load_kwargs)
+    ignored = sorted(set(load_kwargs) - {"num_threads"})
+    if ignored:  # silently exporting other folds than asked for would be worse than failing
+        raise ExportError(
+            f"{caller} got a loaded module and load_complete arguments {ignored}; those apply "
+            "only to a model folder: pass them to load_complete instead"
+        )
     module = unwrap_module(module_or_model_dir)
     if isinstance(module, NnUNetModel):
         return module
@@ -65,7 +71,7 @@ def _as_model(module_or_model_dir, load_kwargs: dict):
     if info is not None:  # a predictor's network after patch_nnunet() or complete()
         return NnUNetModel(module, info)
     raise ExportError(
-        f"to_torchscript needs a model folder or the module load_complete returned, got "
+        f"{caller} needs a model folder or the module load_complete returned, got "
         f"{type(module_or_model_dir).__name__}; for a bare network use "
         "nnunet_export.complete(predictor) or load_complete(model_dir)"
     )
@@ -102,9 +108,8 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a_bytes, b_bytes)
 
 
-def _check_weights_bitwise(eager: torch.nn.Module, loaded: Any, path: Path) -> None:
+def _check_weights_bitwise(eager: torch.nn.Module, loaded_sd: dict, path: Path) -> None:
     eager_sd = eager.state_dict()
-    loaded_sd = loaded.state_dict()
     if set(eager_sd) != set(loaded_sd):
         missing = sorted(set(eager_sd) - set(loaded_sd))[:5]
         extra = sorted(set(loaded_sd) - set(eager_sd))[:5]
@@ -129,13 +134,17 @@ def _verify(model, loaded, path: Path, tolerance: float, device: torch.device, c
                 )
             worst = max(worst, diff)
     if check_weights:
-        _check_weights_bitwise(model, loaded, path)
+        _check_weights_bitwise(model, loaded.state_dict(), path)
     return worst, [tuple(x.shape) for x in inputs]
 
 
-def _choose_method(model, method: str, say) -> str:
+def _check_method(method: str) -> None:
     if method not in ("auto", "script", "trace"):
         raise ExportError(f"method must be 'auto', 'script' or 'trace', got {method!r}")
+
+
+def _choose_method(model, method: str, say) -> str:
+    _check_method(method)
     if method == "script" and not model.info.scriptable:
         raise ExportError(f"method='script' is impossible: {model.info.not_scriptable_reason}")
     if method == "auto":
@@ -187,11 +196,12 @@ def to_torchscript(
         >>> print(nnunet_export.to_torchscript(model, "model.pt").table())  # doctest: +SKIP
     """
     say = progress or (lambda line: None)
+    _check_method(method)  # before minutes of loading
     path = Path(path)
     check_output_path(path)
     started = time.perf_counter()
     with ThreadGuard(load_kwargs.get("num_threads")):
-        model = _as_model(module_or_model_dir, load_kwargs)
+        model = _as_model(module_or_model_dir, load_kwargs, "to_torchscript")
         model.eval()
         device = next(iter(model.parameters()), torch.empty(0)).device
         chosen = _choose_method(model, method, say)
@@ -230,7 +240,20 @@ def to_exported_program(
     """Export to a ``torch.export`` ``.pt2`` file with the same metadata and verification.
 
     TorchScript is deprecated upstream; this is the forward-looking format. The program is
-    exported for the patch size (static shapes), so verification uses the patch-size input.
+    exported for the patch size (static shapes), so verification uses the patch-size input;
+    every weight of the reloaded program is also compared bit for bit with the module's.
+
+    Args:
+        module_or_model_dir, verify, tolerance, progress, load_kwargs: as for
+            :func:`to_torchscript`.
+        path: the output file; torch.export requires the ``.pt2`` extension.
+
+    Returns:
+        An :class:`ExportReport` with ``method == "torch.export"``.
+
+    Raises:
+        ExportError subclasses: OutputPathError, VerificationError, and everything
+        ``load_complete`` raises.
 
     Example:
         >>> nnunet_export.to_exported_program(model, "model.pt2")  # doctest: +SKIP
@@ -240,7 +263,7 @@ def to_exported_program(
     check_output_path(path)
     started = time.perf_counter()
     with ThreadGuard(load_kwargs.get("num_threads")):
-        model = _as_model(module_or_model_dir, load_kwargs)
+        model = _as_model(module_or_model_dir, load_kwargs, "to_exported_program")
         model.eval()
         device = next(iter(model.parameters()), torch.empty(0)).device
         example = verification_inputs(model, device)[0]
@@ -252,7 +275,8 @@ def to_exported_program(
             max_diff, shapes = None, []
             if verify:
                 say(f"verifying {path.name}")
-                loaded = torch.export.load(str(tmp)).module()
+                loaded_program = torch.export.load(str(tmp))
+                loaded = loaded_program.module()
                 with torch.no_grad():
                     expected = model(example)
                     got = loaded(example)
@@ -263,6 +287,7 @@ def to_exported_program(
                         f"{path}: the exported program differs from the eager module by "
                         f"{max_diff:.3g} (> {tolerance:g}); no file was written"
                     )
+                _check_weights_bitwise(model, loaded_program.state_dict, path)
             file_bytes = tmp.stat().st_size
     return ExportReport(
         path=str(path), file_format="pt2", method="torch.export", verified=verify,

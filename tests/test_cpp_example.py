@@ -32,87 +32,16 @@ ERROR_PREFIX = "nnunet_infer: error: "
 # --- the exported file: the one place that knows how it was made ---------------------------
 
 def _exported_model(tmp_path: Path) -> tuple[Path, tuple[int, ...]]:
-    """Writes a TorchScript file with nnunet_export metadata; returns (path, an input shape).
+    """Exports a genuine nnU-Net 3d_fullres fixture (fold 0) with to_torchscript; returns
+    (path, an input shape of the model's patch size)."""
+    from nnunet_export import load_complete, to_torchscript
+    from nnunet_fixtures import get_fixture
 
-    Stand-in until the full pipeline runs here: a scripted stack of nnU-Net's building blocks
-    (Conv3d, InstanceNorm3d with affine, LeakyReLU) saved with an extra/nnunet_export.json
-    shaped like metadata.build_metadata's. Swap the body for
-    ``to_torchscript(load_complete(model_dir, folds=...), path)`` and the shape of its input.
-    """
-    torch.manual_seed(0)
-    in_channels, out_channels, patch = 2, 3, [8, 12, 10]
-    network = torch.nn.Sequential(
-        torch.nn.Conv3d(in_channels, 8, 3, padding=1),
-        torch.nn.InstanceNorm3d(8, eps=1e-5, affine=True),
-        torch.nn.LeakyReLU(0.01, inplace=True),
-        torch.nn.Conv3d(8, 8, 3, padding=1),
-        torch.nn.InstanceNorm3d(8, eps=1e-5, affine=True),
-        torch.nn.LeakyReLU(0.01, inplace=True),
-        torch.nn.Conv3d(8, out_channels, 1),
-    ).eval()
-    with torch.no_grad():  # non-trivial affine parameters, so a skipped norm would show
-        for module in network:
-            if isinstance(module, torch.nn.InstanceNorm3d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
-    digest = hashlib.sha256()
-    for tensor in network.state_dict().values():
-        digest.update(tensor.numpy().tobytes())
-    model_config = {
-        "dataset_name": "Dataset999_CppExample",
-        "plans_name": "nnUNetPlans",
-        "configuration": "3d_fullres",
-        "architecture": {"network_class_name": "torch.nn.Sequential", "arch_kwargs": {}, "_kw_requires_import": []},
-        "converted_from_old_plans": False,
-        "patch_size": patch,
-        "spacing": [1.0, 1.0, 1.0],
-        "num_dimensions": 3,
-        "batch_size": 2,
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "normalization_schemes": ["ZScoreNormalization"] * in_channels,
-        "use_mask_for_norm": [False] * in_channels,
-        "foreground_intensity_properties_per_channel": {},
-        "channel_names": {"0": "T1", "1": "T2"},
-        "file_ending": ".nii.gz",
-        "labels": {"background": 0, "a": 1, "b": 2},
-        "has_regions": False,
-        "regions": None,
-        "regions_class_order": None,
-        "ignore_label": None,
-        "all_labels": [0, 1, 2],
-        "foreground_labels": [1, 2],
-        "num_input_channels": in_channels,
-        "num_output_channels": out_channels,
-        "previous_stage": None,
-        "next_stage": None,
-    }
-    metadata = {
-        "format": "nnunet_export",
-        "format_version": 1,
-        "file_format": "torchscript",
-        "export_method": "script",
-        "nnunet_export_version": _core.__version__,
-        "torch_version": torch.__version__,
-        "dataset_name": model_config["dataset_name"],
-        "plans_name": model_config["plans_name"],
-        "configuration": model_config["configuration"],
-        "trainer_name": "nnUNetTrainer",
-        "folds": [0],
-        "checkpoint_name": "checkpoint_final.pth",
-        "weights_sha256": {"0": digest.hexdigest()},
-        "ensemble": None,
-        "parameters": sum(p.numel() for p in network.parameters()),
-        "weight_bytes": sum(p.numel() * p.element_size() for p in network.parameters()),
-        "input_layout": "N, C, X, Y, Z",
-        "output_layout": "N, num_output_channels, same spatial size: logits",
-        "mirroring_axes": [0, 1, 2],
-        "model_config": model_config,
-    }
+    model = load_complete(get_fixture("3d_fullres").model_dir, folds=0)
     path = tmp_path / "model.pt"
-    torch.jit.save(torch.jit.script(network), str(path),
-                   _extra_files={METADATA_NAME: _core.metadata_to_json(metadata)})
-    return path, (1, in_channels, *patch)
+    to_torchscript(model, path)
+    config = model.info.config
+    return path, (1, config.num_input_channels, *config.patch_size)
 
 
 # --- building the example once per machine ---------------------------------------------------
