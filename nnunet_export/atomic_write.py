@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -40,13 +41,19 @@ def _make_temporary(path: Path, suffix: str) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yields a temporary path in ``path``'s folder; on success it is fsynced and renamed onto
-    ``path``. On any exception the temporary file is removed and ``path`` is left untouched."""
+    """Yields a temporary path for ``path``; on success it is fsynced and renamed onto ``path``.
+    On any exception the temporary is removed and ``path`` is left untouched.
+
+    The temporary file has the target's own name inside a hidden folder next to it: torch.jit
+    and torch.export name the archive's top folder after the file (and torch.export refuses
+    names not ending in .pt2), so the finished file is the same as one written in place.
+    """
     check_output_path(path)
-    # The temporary keeps the target's extension: torch.export refuses archives not named .pt2.
-    fd, tmp_name = _make_temporary(path, f".partial{path.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent))
+    except OSError as err:
+        raise OutputPathError(f"output folder {str(path.parent)!r} is not writable: {err.strerror}") from None
+    tmp = folder / path.name
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -57,7 +64,5 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -90,7 +90,8 @@ def verification_inputs(model, device: torch.device) -> list[torch.Tensor]:
     other = [p - f if p - f >= f else p + f for p, f in zip(patch, factor)]
     generator = torch.Generator().manual_seed(20240601)
     shapes = [(1, cfg.num_input_channels, *patch), (1, cfg.num_input_channels, *other)]
-    return [torch.randn(s, generator=generator).to(device) for s in shapes]
+    # float32 whatever the default dtype: the networks are float32, as nnU-Net feeds them.
+    return [torch.randn(s, generator=generator, dtype=torch.float32).to(device) for s in shapes]
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

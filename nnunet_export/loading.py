@@ -27,7 +27,6 @@ from .weights import check_state_dict_fits, weights_sha256
 # <Trainer>__<Plans>__<configuration>, as nnU-Net names its output folders.
 _MODEL_DIR_NAME = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
 
-_CHECKPOINT_KEYS = ["network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes"]
 
 
 class FoldMismatchError(ExportError):
@@ -49,7 +48,9 @@ def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights
     from .checkpoint import read_checkpoint
 
     path = checkpoint_file(model_dir, fold, checkpoint_name)
-    content = read_checkpoint(path, keys=_CHECKPOINT_KEYS)
+    # Default keys: init_args without its plans copy; files older than the mirroring entry are
+    # read too (nnU-Net treats a missing inference_allowed_mirroring_axes as no mirroring).
+    content = read_checkpoint(path)
     init_args = content.get("init_args") or {}
     trained_fold = init_args.get("fold")
     if trained_fold is not None and str(trained_fold) != str(fold):

@@ -11,7 +11,8 @@ def test_success_replaces_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "model.pt"
     target.write_bytes(b"old")
     with atomic_output(target) as tmp:
-        assert tmp.parent == tmp_path and tmp != target
+        # the target's own name, in a hidden folder beside it (archives are named after the file)
+        assert tmp.name == target.name and tmp.parent.parent == tmp_path and tmp != target
         tmp.write_bytes(b"new")
         assert target.read_bytes() == b"old"
     assert target.read_bytes() == b"new"

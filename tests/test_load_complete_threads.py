@@ -167,9 +167,6 @@ def test_load_complete_with_float64_default_dtype_keeps_checkpoint_dtype(folders
     assert torch.get_default_dtype() == torch.float64
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="export.verification_inputs draws torch.randn in the default dtype: under a "
-                          "float64 default the float32 model gets double inputs (export.py, not owned here)")
 def test_to_torchscript_under_float64_default_dtype(folders, tmp_path, restore_state):
     torch.set_default_dtype(torch.float64)
     before = process_state()
