@@ -22,7 +22,7 @@ from .folds import (
     resolve_model_dir,
 )
 from .prefixes import strip_state_dict_prefixes
-from .weights import check_state_dict_fits, weights_sha256
+from .weights import FoldDigests, check_state_dict_fits
 
 # <Trainer>__<Plans>__<configuration>, as nnU-Net names its output folders.
 _MODEL_DIR_NAME = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
@@ -41,7 +41,6 @@ class FoldWeights:
     configuration: str
     mirroring_axes: tuple[int, ...] | None
     state_dict: dict[str, torch.Tensor]
-    sha256: str
 
 
 def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights:
@@ -73,7 +72,6 @@ def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights
         configuration=configuration,
         mirroring_axes=tuple(int(a) for a in axes) if axes is not None else None,
         state_dict=state_dict,
-        sha256=weights_sha256(state_dict, max_workers=torch.get_num_threads()),
     )
 
 
@@ -217,7 +215,7 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         checkpoint_paths=tuple(str(fw.path) for fw in fold_weights),
         trainer_name=first.trainer_name,
         mirroring_axes=first.mirroring_axes,
-        weights_sha256=tuple(fw.sha256 for fw in fold_weights),
+        weights_sha256=FoldDigests([fw.state_dict for fw in fold_weights], torch.get_num_threads()),
         scriptable=built.scriptable,
         not_scriptable_reason=built.not_scriptable_reason,
         builder=built.builder,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ class ModelInfo:
     checkpoint_paths: tuple
     trainer_name: str
     mirroring_axes: Optional[tuple]
-    weights_sha256: tuple
+    weights_sha256: Sequence  # tuple, or weights.FoldDigests (computed on first use)
     scriptable: bool
     not_scriptable_reason: Optional[str]
     builder: str

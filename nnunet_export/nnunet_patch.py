@@ -113,7 +113,7 @@ def _install(predictor, model) -> None:
     network = copy.deepcopy(folds[0]).eval()
     attach_info(network, dataclasses.replace(
         info, folds=info.folds[:1], checkpoint_paths=info.checkpoint_paths[:1],
-        weights_sha256=info.weights_sha256[:1]))
+        weights_sha256=tuple(info.weights_sha256[:1])))
     predictor.plans_manager = plans_manager
     predictor.configuration_manager = plans_manager.get_configuration(info.config.configuration)
     predictor.list_of_parameters = [fold.state_dict() for fold in folds]
