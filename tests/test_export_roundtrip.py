@@ -259,8 +259,8 @@ def _weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(state_dict):
         tensor = state_dict[key].contiguous()
-        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(_bits(tensor))
+        values = hashlib.sha256(_bits(tensor)).hexdigest()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0{values}\0".encode())
     return digest.hexdigest()
 
 
