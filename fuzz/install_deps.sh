@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the fuzz targets need on a fresh Debian/Ubuntu machine (idempotent): clang with its
 # sanitizer and libFuzzer runtimes, and atheris in the project's virtual environment, pinned
-# beside the project's torch so pip never touches torch.
+# beside the project's torch so pip never touches torch (SKIP_ATHERIS=1: only clang, for
+# scripts/sanitize.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${NNUNET_EXPORT_PYTHON:-${NNUNET_EXPORT_VENV:-.venv}/bin/python}
@@ -19,7 +20,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! "$PY" -c "import atheris" >/dev/null 2>&1; then
+if [ -z "${SKIP_ATHERIS:-}" ] && ! "$PY" -c "import atheris" >/dev/null 2>&1; then
     echo "fuzz: installing atheris"
     constraints="$(mktemp)"
     trap 'rm -f "$constraints"' EXIT
