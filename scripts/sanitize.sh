@@ -15,8 +15,9 @@ export NNUNET_EXPORT_PYTHON=${NNUNET_EXPORT_PYTHON:-${NNUNET_EXPORT_VENV:-.venv}
 PY=$(cd "$(dirname "$NNUNET_EXPORT_PYTHON")" && pwd)/$(basename "$NNUNET_EXPORT_PYTHON")
 TESTS=(test_read_checkpoint.py test_checkpoint_corrupt.py test_checkpoint_hostile.py
        test_checkpoint_crc.py test_model_config_errors.py test_model_config_parity.py
-       test_metadata_json.py test_thread_guard.py test_leaks.py test_concurrency.py
-       test_mapped_file_changes.py)
+       test_metadata_json.py test_thread_guard.py test_concurrency.py test_mapped_file_changes.py)
+# Not test_leaks.py: ASan's quarantine holds freed memory back, so resident memory is not flat by
+# design under ASan; that file runs in the normal suite.
 
 SKIP_ATHERIS=1 bash fuzz/install_deps.sh
 rm -rf build/asan/nnunet_export
@@ -45,7 +46,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:symbolize=1:
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 rc=0
 (cd build/asan && LD_PRELOAD="$(clang -print-file-name=libclang_rt.asan-x86_64.so)" \
-    "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --rootdir="$REPO" "${args[@]}") 2>&1 | tee "$log" || rc=$?
+    "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --durations=10 --rootdir="$REPO" "${args[@]}") 2>&1 | tee "$log" || rc=$?
 if grep -qE "ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:|==ERROR" "$log"; then
     echo "sanitize: sanitizer report (see $log)" >&2
     exit 1
