@@ -21,8 +21,10 @@ bash fuzz/install_deps.sh
 bash fuzz/build.sh
 [ -f fuzz/work/seeds/pickle_template.pth ] || "$PY" fuzz/make_seeds.py
 
-# ASan first (it must be the first DSO), then libFuzzer: atheris finds it preloaded and the
-# extension's counters register with it.
+# libFuzzer before the ASan runtime: the extension's __sanitizer_cov_* references must bind to
+# libFuzzer, not to ASan's weak no-op defaults (atheris then warns "Coverage symbols are being
+# provided by a library other than libFuzzer" and coverage stays near zero). ASan's check that it
+# comes first is switched off (verify_asan_link_order=0); atheris finds libFuzzer preloaded.
 PRELOAD="$PWD/build/fuzz/libfuzzer_no_main.so $(clang -print-file-name=libclang_rt.asan-x86_64.so)"
 # detect_leaks=0: LSan at exit only sees the interpreter's never-freed objects; leaks of the C
 # core are checked per call by tests/test_leaks.py instead.
