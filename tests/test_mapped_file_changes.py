@@ -27,7 +27,6 @@ import textwrap
 import pytest
 
 import nnunet_export
-import nnunet_fixtures
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 KNOWN_UNSAFE = (
