@@ -54,9 +54,20 @@ def strict_flags():
     flags = ["-std=c11", "-Wall", "-Wextra", "-Wshadow", "-fvisibility=hidden"]
     if os.environ.get("CI") or os.environ.get("NNUNET_EXPORT_WERROR"):
         flags.append("-Werror")
-    if os.environ.get("NNUNET_EXPORT_SANITIZE"):
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    flags += ["-fsanitize=" + s for s in sanitizers()]
+    if sanitizers():
+        # Recoverable UBSan findings would scroll by; make every one fatal (fuzz/, scripts/sanitize.sh).
+        flags += ["-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-O1", "-g"]
     return flags
+
+
+def sanitizers():
+    # NNUNET_EXPORT_FUZZ=1 (clang only): libFuzzer coverage for atheris plus ASan/UBSan, see fuzz/.
+    if os.environ.get("NNUNET_EXPORT_FUZZ"):
+        return ["fuzzer-no-link,address,undefined"]
+    if os.environ.get("NNUNET_EXPORT_SANITIZE"):
+        return ["address,undefined"]
+    return []
 
 
 class BuildCore(build_ext):
@@ -72,9 +83,7 @@ def core_extension():
     for package, message in (("libcjson", kCjsonMissing), ("libdeflate", kDeflateMissing)):
         cflags += pkg_config(package, message, "--cflags")
         libs += pkg_config(package, message, "--libs")
-    link_args = []
-    if os.environ.get("NNUNET_EXPORT_SANITIZE"):
-        link_args += ["-fsanitize=address,undefined"]
+    link_args = ["-fsanitize=" + s for s in sanitizers()]
     return Extension(
         "nnunet_export._core",
         sources=sorted(glob.glob(os.path.join("csrc", "*.c"))),
