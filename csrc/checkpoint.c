@@ -93,18 +93,19 @@ static PyObject *ckpt_selected_value(PyObject *value, PyObject *key, int default
 
 static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "keys", "verify_crc", "factory", NULL};
+    static char *kwlist[] = {"path", "keys", "verify_crc", "factory", "copy", NULL};
     nx_state *st = nx_get_state(self);
     PyObject *path_arg = NULL, *keys = Py_None, *factory = NULL;
     PyObject *path = NULL, *map = NULL, *top = NULL, *build_states = NULL, *key_list = NULL;
     PyObject *result = NULL, *out = NULL, *keep = NULL;
     int verify_crc = 1;
+    int copy = 0;
     nx_zip zip = {NULL, 0, 0};
     nx_mat_ctx ctx;
 
     memset(&ctx, 0, sizeof ctx);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOpO:read_checkpoint", kwlist, &path_arg, &keys,
-                                     &verify_crc, &factory)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOpO|p:read_checkpoint", kwlist, &path_arg, &keys,
+                                     &verify_crc, &factory, &copy)) {
         return NULL;
     }
     if (!PyCallable_Check(factory)) {
@@ -179,6 +180,7 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
     ctx.factory = factory;
     ctx.build_states = build_states;
     ctx.verify_crc = verify_crc;
+    ctx.copy = copy;
     ctx.memo = PyDict_New();
     ctx.storages = PyDict_New();
     out = PyDict_New();

@@ -6,6 +6,8 @@
 #include "nnunet_export.h"
 
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MAT_MAX_DEPTH 200
 #define MAT_MAX_NDIM 64
@@ -107,6 +109,33 @@ static int mat_nonneg_int64(PyObject *obj, int64_t *out)
 
 /* Returns (dtype index, base tensor) for a storage persistent id, building it on first use:
  * checks the entry, verifies its CRC, and wraps the mapped bytes without copying. */
+/* Copies `nbytes` mapped bytes at `offset` into a new NumPy uint8 array (GIL released) and gives
+ * the mapping's whole pages of that range back to the kernel, so a copying read peaks near one
+ * copy of the weights rather than two. The copy no longer depends on the file: a checkpoint
+ * rewritten in place later (torch.save onto the same path) cannot SIGBUS it.
+ * Returns a new reference, or NULL with an exception set. */
+static PyObject *mat_copy_out(const nx_mapping *map, uint64_t offset, uint64_t nbytes)
+{
+    npy_intp dims[1] = {(npy_intp)nbytes};
+    PyObject *array = PyArray_SimpleNew(1, dims, NPY_UINT8);
+    const uint8_t *src = map->base + offset;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+
+    if (array == NULL) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(PyArray_DATA((PyArrayObject *)array), src, (size_t)nbytes);
+    uintptr_t first = ((uintptr_t)src + page - 1) & ~(page - 1);
+    uintptr_t last = ((uintptr_t)src + (uintptr_t)nbytes) & ~(page - 1);
+    if (last > first) {
+        /* Only pages wholly inside this entry: neighbours may still be read. Advice only. */
+        (void)madvise((void *)first, (size_t)(last - first), MADV_DONTNEED);
+    }
+    Py_END_ALLOW_THREADS
+    return array;
+}
+
 static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype, const mat_path *p,
                              int64_t *elements)
 {
@@ -193,19 +222,26 @@ static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype
         return NULL;
     }
     npy_intp dims[1] = {(npy_intp)nbytes};
-    descr = PyArray_DescrFromType(NPY_UINT8);
-    if (descr == NULL) {
-        return NULL;
-    }
-    /* Zero copy: the array points into the private mapping and keeps it alive as its base. */
-    array = PyArray_NewFromDescr(&PyArray_Type, descr, 1, dims, NULL, ctx->map->base + e->data_offset,
-                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_WRITEABLE, NULL);
-    descr = NULL; /* stolen */
-    if (array == NULL) {
-        goto bail;
-    }
-    if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef((PyObject *)ctx->map)) < 0) {
-        goto bail;
+    if (ctx->copy) {
+        array = mat_copy_out(ctx->map, e->data_offset, nbytes);
+        if (array == NULL) {
+            goto bail;
+        }
+    } else {
+        descr = PyArray_DescrFromType(NPY_UINT8);
+        if (descr == NULL) {
+            return NULL;
+        }
+        /* Zero copy: the array points into the private mapping and keeps it alive as its base. */
+        array = PyArray_NewFromDescr(&PyArray_Type, descr, 1, dims, NULL, ctx->map->base + e->data_offset,
+                                     NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_WRITEABLE, NULL);
+        descr = NULL; /* stolen */
+        if (array == NULL) {
+            goto bail;
+        }
+        if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef((PyObject *)ctx->map)) < 0) {
+            goto bail;
+        }
     }
     base = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOs", "storage", array,
                                                             nx_dtypes[tensor_dtype].torch_name));

@@ -236,6 +236,7 @@ typedef struct {
     PyObject *memo;        /* owned dict id(placeholder object) -> materialised object */
     PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor) */
     int verify_crc;
+    int copy;            /* storages copied out of the mapping (survive in-place file rewrites) */
     int depth;
 } nx_mat_ctx;
 

@@ -41,6 +41,7 @@ def read_checkpoint(
     keys: Sequence[str] | None,
     verify_crc: bool,
     factory: Callable[..., Any],
+    copy: bool = ...,
 ) -> dict[str, Any]:
     """Internal: use ``nnunet_export.read_checkpoint``, which supplies the tensor factory."""
 

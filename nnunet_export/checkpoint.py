@@ -56,6 +56,7 @@ def read_checkpoint(
     keys: Iterable[str] | None = None,
     *,
     verify_crc: bool = True,
+    copy: bool = False,
 ) -> dict[str, Any]:
     """Read selected top-level keys of an nnU-Net checkpoint without executing anything.
 
@@ -75,6 +76,11 @@ def read_checkpoint(
             (``keys=["init_args"]`` includes ``plans``) and every listed key must exist.
         verify_crc: check the CRC32 of every ZIP entry that is read (data.pkl, byteorder and
             each touched storage). Turning it off skips reading weight pages up front.
+        copy: copy each touched storage out of the mapping (once, GIL released) instead of
+            sharing it. Tensors then survive the file being truncated or rewritten in place
+            (``torch.save`` onto the same path, as nnU-Net does with checkpoint_best.pth during
+            training), which a zero-copy mapping cannot: the kernel raises SIGBUS on pages past
+            a file's new end. Costs one memcpy of the requested weights.
 
     Returns:
         dict mapping each selected key to its value: tensors (``torch.Tensor``; ``Parameter``
@@ -98,4 +104,4 @@ def read_checkpoint(
         raise TypeError("keys must be a list or tuple of str, not a single str")
     if keys is not None and not isinstance(keys, (list, tuple)):
         keys = list(keys)
-    return _core.read_checkpoint(os.fspath(path), keys, bool(verify_crc), _factory)
+    return _core.read_checkpoint(os.fspath(path), keys, bool(verify_crc), _factory, bool(copy))

@@ -49,7 +49,9 @@ def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights
     path = checkpoint_file(model_dir, fold, checkpoint_name)
     # Default keys: init_args without its plans copy; files older than the mirroring entry are
     # read too (nnU-Net treats a missing inference_allowed_mirroring_axes as no mirroring).
-    content = read_checkpoint(path)
+    # copy=True: a loaded model outlives its checkpoint file, which nnU-Net's training rewrites
+    # in place (torch.save onto checkpoint_best.pth); a zero-copy mapping would SIGBUS then.
+    content = read_checkpoint(path, copy=True)
     init_args = content.get("init_args") or {}
     trained_fold = init_args.get("fold")
     if trained_fold is not None and str(trained_fold) != str(fold):

@@ -8,10 +8,10 @@ file-mapping semantics, and is what these tests pin down:
     keeps the old inode alive; tensors keep their values.
   * truncating or rewriting the SAME file in place (``open(path, "wb")``, which is what
     ``torch.save(obj, path)`` does, e.g. nnU-Net saving checkpoint_best.pth again while a model
-    from it is loaded): NOT safe today. Pages past the new end raise SIGBUS on access and pages not
-    yet copied on write show the new bytes. These tests are strict xfails: they state the wanted
-    behaviour (no crash, values unchanged) and will fail loudly once the C core copies storages
-    or otherwise protects them, so the marker must then be removed.
+    from it is loaded): not safe for zero-copy tensors. Pages past the new end raise SIGBUS on
+    access and pages not yet copied on write show the new bytes (strict xfails pin that down).
+    ``read_checkpoint(copy=True)`` copies the storages out of the mapping and is safe, and
+    ``load_complete`` uses it: a loaded model survives every change.
 
 Every scenario runs in a child process: a SIGBUS there fails one test, not the suite.
 """
@@ -94,7 +94,7 @@ def model_copy(tmp_path, nnunet_fixture):
 
 READ_THEN_CHANGE = textwrap.dedent("""
     save_small_checkpoint(path, features=(4, 8, 16), seed=0)
-    weights = read_checkpoint(path, ["network_weights"])["network_weights"]
+    weights = read_checkpoint(path, ["network_weights"], copy=COPY)["network_weights"]
     reference = snapshot(weights)
     other = path + ".new"
     save_small_checkpoint(other, features=(2, 4), seed=1)  # different size and content
@@ -126,7 +126,13 @@ CHANGES = {
     pytest.param("torch_save_in_place", marks=UNSAFE),
 ])
 def test_read_checkpoint_tensors_when_the_file_changes(tmp_path, change):
-    body = CHANGES[change] + READ_THEN_CHANGE
+    body = "COPY = False\n" + CHANGES[change] + READ_THEN_CHANGE
+    _assert_ok(_run_child(body, path=str(tmp_path / "checkpoint_final.pth")))
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_copied_tensors_survive_every_change(tmp_path, change):
+    body = "COPY = True\n" + CHANGES[change] + READ_THEN_CHANGE
     _assert_ok(_run_child(body, path=str(tmp_path / "checkpoint_final.pth")))
 
 
@@ -148,13 +154,12 @@ MODEL_CHANGES = {
                "    with open(path + '.new', 'wb') as f: f.write(b'garbage')\n"
                "    os.replace(path + '.new', path)\n"),
     "truncate": "def change(path):\n    os.truncate(path, 0)\n",
+    "torch_save_in_place": ("def change(path):\n"
+                            "    torch.save({'network_weights': {'w': torch.zeros(3)}}, path)\n"),
 }
 
 
-@pytest.mark.parametrize("change", [
-    "rename",
-    pytest.param("truncate", marks=UNSAFE),
-])
+@pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
 def test_load_complete_model_when_the_checkpoint_changes(model_copy, change):
     model_dir, fold, path = model_copy
     _assert_ok(_run_child(MODEL_CHANGES[change] + LOAD_THEN_CHANGE, model_dir=model_dir, fold=fold, path=path))
