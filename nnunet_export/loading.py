@@ -199,7 +199,8 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
     for fw in fold_weights:
         built = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir)
         check_state_dict_fits(built.network.state_dict(keep_vars=True), fw.state_dict, str(fw.path))
-        # Adopts the checkpoint's (privately mapped) tensors without a copy where it can.
+        # Adopts the checkpoint's tensors (already copied out of the file mapping) without
+        # another copy where it can.
         load_weights(built.network, fw.state_dict, strict=True)
         network = prepare_for_inference(built.network)
         # Module.to walks every submodule even when nothing moves; skip it in the common case.
@@ -222,6 +223,9 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         not_scriptable_reason=built.not_scriptable_reason,
         builder=built.builder,
     )
+    if device.type != "cpu":
+        # The digests would keep the CPU copies of the weights alive until first use.
+        tuple(info.weights_sha256)
     model = NnUNetModel(network, info)
     model.eval()
     model.requires_grad_(False)
