@@ -166,7 +166,7 @@ nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_l
 /* Checks the entry's local header (sets data_offset) and, if verify_crc, its CRC32 with the GIL
  * released; each at most once. Returns 0, or -1 with CheckpointError set. */
 int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc);
-/* CRC-32 (zlib polynomial) continuing from `crc`; PCLMULQDQ when the CPU has it. No GIL needed. */
+/* CRC-32 (zlib polynomial) continuing from `crc`, through libdeflate (crc32.c). No GIL needed. */
 uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len);
 int nx_crc32_add_functions(PyObject *module);
 
