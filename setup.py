@@ -83,7 +83,8 @@ def core_extension():
     for package, message in (("libcjson", kCjsonMissing), ("libdeflate", kDeflateMissing)):
         cflags += pkg_config(package, message, "--cflags")
         libs += pkg_config(package, message, "--libs")
-    link_args = ["-fsanitize=" + s for s in sanitizers()]
+    # -pthread: copying reads fill their arena with several threads (csrc/copy_out.c).
+    link_args = ["-pthread"] + ["-fsanitize=" + s for s in sanitizers()]
     return Extension(
         "nnunet_export._core",
         sources=sorted(glob.glob(os.path.join("csrc", "*.c"))),
@@ -91,7 +92,7 @@ def core_extension():
         include_dirs=[numpy_include()] + [f[2:] for f in cflags if f.startswith("-I")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
         libraries=[f[2:] for f in libs if f.startswith("-l")],
-        extra_compile_args=strict_flags() + [f for f in cflags if not f.startswith("-I")],
+        extra_compile_args=["-pthread"] + strict_flags() + [f for f in cflags if not f.startswith("-I")],
         extra_link_args=link_args,
     )
 

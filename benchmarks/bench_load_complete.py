@@ -8,10 +8,16 @@ within 1e-5 of nnU-Net's fold mean). Peak RSS is measured in fresh processes: Vm
 call minus VmHWM of a process that imported the same modules and loaded nothing.
 
 Sizes: "tiny" (the multifold fixture; a few thousand parameters per fold, so the 10x target is
-reported but not applied, nor the RSS target: fixed Python and allocator costs dominate there) and "realistic"
-(nnU-Net's default 6-stage 3d_fullres PlainConvUNet, 31 M parameters). Five folds are made by
-copying fold 0's checkpoint with init_args['fold'] rewritten (torch.save), so the extra folds hold
-fold 0's weights in separate files.
+reported but not applied, nor the RSS target: fixed Python and allocator costs dominate there) and
+"realistic": nnU-Net's default 6-stage 3d_fullres PlainConvUNet (31 M parameters) and its ResEnc L
+ResidualEncoderUNet (102 M). Five folds are made by copying fold 0's checkpoint with
+init_args['fold'] rewritten (torch.save, optimizer state included as nnU-Net saves it), so the
+extra folds hold fold 0's weights in separate files.
+
+Besides the default call (weights copied out of the files, every CRC-32 checked), five folds are
+also timed with copy=False (weights stay in the files' private mappings, CRC-32 checked) and
+copy=False, verify_crc=False (nothing read up front but the pickles), against the same baseline
+runs: the difference is the price of surviving in-place rewrites and of verifying.
 
     python benchmarks/bench_load_complete.py tiny
 """
@@ -67,18 +73,26 @@ print(json.dumps({"hwm": hwm(), "seconds": time.perf_counter() - started, "weigh
 """
 
 
-def _realistic_model_dir() -> tuple[Path, str]:
-    """The realistic 3d_fullres fixture; an already-built one from another cache key if the
-    current key has none (building it trains a 31 M-parameter network: minutes)."""
+# (fixture variant, model folder glob under nnUNet_results/, label) of the realistic models.
+REALISTIC_MODELS = (
+    ("3d_fullres", "*/nnUNetTrainer__nnUNetPlans__3d_fullres", "3d_fullres"),
+    ("resenc", "*/nnUNetTrainer__nnUNetResEncUNetLPlans__3d_fullres", "ResEnc L"),
+)
+# Zero-copy variants timed for five folds: (case suffix, load_complete keywords).
+VARIANTS = (("copy=False", {"copy": False}), ("copy=False, verify_crc=False", {"copy": False, "verify_crc": False}))
+
+
+def _realistic_model_dir(variant: str, folder_glob: str, label: str) -> tuple[Path, str, str]:
+    """A realistic fixture's model folder; an already-built one from another cache key if the
+    current key has none (building one trains a 31 M / 102 M-parameter network: minutes)."""
     key_dir = nnunet_fixtures.cache_root() / "realistic" / nnunet_fixtures.cache_key()
-    if (key_dir / "variants" / "3d_fullres").is_dir() or os.environ.get("NNUNET_EXPORT_BENCH_BUILD") == "1":
-        return nnunet_fixtures.get_fixture("3d_fullres", size="realistic").model_dir, "realistic 3d_fullres fixture"
-    pattern = "realistic/*/variants/3d_fullres/nnUNet_results/*/nnUNetTrainer__nnUNetPlans__3d_fullres"
-    found = sorted(nnunet_fixtures.cache_root().glob(pattern))
+    if (key_dir / "variants" / variant).is_dir() or os.environ.get("NNUNET_EXPORT_BENCH_BUILD") == "1":
+        return nnunet_fixtures.get_fixture(variant, size="realistic").model_dir, f"realistic {label} fixture", label
+    found = sorted(nnunet_fixtures.cache_root().glob(f"realistic/*/variants/{variant}/nnUNet_results/{folder_glob}"))
     if not found:
-        return nnunet_fixtures.get_fixture("3d_fullres", size="realistic").model_dir, "realistic 3d_fullres fixture"
+        return nnunet_fixtures.get_fixture(variant, size="realistic").model_dir, f"realistic {label} fixture", label
     key = found[-1].parts[-6]
-    return found[-1], f"realistic 3d_fullres fixture of cache key {key} (current key not built)"
+    return found[-1], f"realistic {label} fixture of cache key {key} (current key not built)", label
 
 
 def _five_fold_folder(source: Path, fold0: Path, target: Path) -> Path:
@@ -104,21 +118,24 @@ def _predictor_init(model_dir: Path, folds):
     return predictor
 
 
-def _time_pair(ours, baseline, repeats: int) -> tuple[float, float]:
-    ours(), baseline()  # warm-up: imports, page cache
-    times_ours, times_base = [], []
-    for _ in range(repeats):  # interleaved: machine load hits both alike
-        for fn, times in ((ours, times_ours), (baseline, times_base)):
+def _time_interleaved(functions: dict, repeats: int) -> dict:
+    """Median seconds of each function, called in turn `repeats` times after one warm-up round,
+    so machine load hits all alike."""
+    for fn in functions.values():
+        fn()  # warm-up: imports, page cache
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
             started = time.perf_counter()
             result = fn()
-            times.append(time.perf_counter() - started)
+            times[name].append(time.perf_counter() - started)
             del result
-    return statistics.median(times_ours), statistics.median(times_base)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _check(model_dir: Path, folds, small_input: bool) -> str:
+def _check(model_dir: Path, folds, small_input: bool, **options) -> str:
     """Weights bit-identical to the predictor's per fold; logits within 1e-5 of its fold mean."""
-    model = nnunet_export.load_complete(model_dir, folds=folds)
+    model = nnunet_export.load_complete(model_dir, folds=folds, **options)
     predictor = _predictor_init(model_dir, folds)
     nets = model.network.networks if len(folds) > 1 else [model.network]
     for net, params in zip(nets, predictor.list_of_parameters):
@@ -159,48 +176,63 @@ def _row(case, ours_s, baseline_s, ratio, target, ok, notes):
             "ratio": ratio, "target": target, "ok": bool(ok), "notes": notes}
 
 
+def _speed_rows(short: str, origin: str, model_dir: Path, folds: tuple, repeats: int, size: str) -> list[dict]:
+    variants = VARIANTS if len(folds) > 1 else ()
+    functions = {"default": lambda: nnunet_export.load_complete(model_dir, folds=folds)}
+    for name, options in variants:
+        functions[name] = lambda options=options: nnunet_export.load_complete(model_dir, folds=folds, **options)
+    functions["baseline"] = lambda: _predictor_init(model_dir, folds)
+    medians = _time_interleaved(functions, repeats)
+    target = SPEED_TARGET if size == "realistic" else None
+    rows = []
+    for name, options in (("default", {}), *variants):
+        checked = _check(model_dir, folds, small_input=size == "realistic", **options)
+        ratio = medians[name] / medians["baseline"]
+        case = f"{short}, {len(folds)} fold(s) vs nnUNetPredictor.initialize_from_trained_model_folder"
+        rows.append(_row(
+            case if name == "default" else f"{case}, {name}", medians[name], medians["baseline"], ratio, target,
+            target is None or ratio <= target,
+            f"{origin}; median of {repeats} interleaved warm runs, {torch.get_num_threads()} threads; "
+            f"{1 / ratio:.1f}x faster; {checked}"
+            + ("" if target else "; target applies to realistic sizes only")))
+    return rows
+
+
+def _rss_row(short: str, model_dir: Path, folds: tuple, size: str) -> dict:
+    baseline_hwm = _rss("baseline", model_dir, folds)["hwm"]
+    baseline_pred_hwm = _rss("predictor-baseline", model_dir, folds)["hwm"]
+    measured = _rss("ours", model_dir, folds)
+    predictor = _rss("predictor", model_dir, folds)
+    delta = measured["hwm"] - baseline_hwm
+    pred_delta = predictor["hwm"] - baseline_pred_hwm
+    rss_target = RSS_TARGET if size == "realistic" else None
+    return _row(
+        f"{short}, {len(folds)} fold(s) peak RSS growth / weight bytes", measured["seconds"],
+        predictor["seconds"], delta / measured["weights"], rss_target,
+        rss_target is None or delta <= RSS_TARGET * measured["weights"],
+        f"VmHWM, fresh processes: ours +{delta / 2**20:.1f} MiB, nnUNetPredictor +{pred_delta / 2**20:.1f} "
+        f"MiB ({pred_delta / measured['weights']:.2f}x weights), weights {measured['weights'] / 2**20:.1f} MiB; "
+        "seconds: one cold-process call"
+        + ("" if rss_target else "; target applies to realistic sizes only (fixed costs dominate)"))
+
+
 def run(size: str = "tiny") -> list[dict]:
     if size not in REPEATS:
         raise ValueError(f"size must be one of {sorted(REPEATS)}, got {size!r}")
     if size == "tiny":
-        source = nnunet_fixtures.get_fixture("multifold").model_dir
-        origin = "tiny multifold fixture"
+        models = [(nnunet_fixtures.get_fixture("multifold").model_dir, "tiny multifold fixture", "multifold")]
     else:
-        source, origin = _realistic_model_dir()
+        models = [_realistic_model_dir(*spec) for spec in REALISTIC_MODELS]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        five = _five_fold_folder(source, source / "fold_0" / FINAL, Path(tmp) / source.name)
-        for case_folds, repeats in (((0,), REPEATS[size][0]), ((0, 1, 2, 3, 4), REPEATS[size][1])):
-            model_dir = source if case_folds == (0,) else five
-            for path in model_dir.glob("fold_*/" + FINAL):
-                path.read_bytes()  # warm page cache for both sides
-            ours, base = _time_pair(lambda: nnunet_export.load_complete(model_dir, folds=case_folds),
-                                    lambda: _predictor_init(model_dir, case_folds), repeats)
-            checked = _check(model_dir, case_folds, small_input=size == "realistic")
-            ratio = ours / base
-            target = SPEED_TARGET if size == "realistic" else None
-            rows.append(_row(
-                f"{len(case_folds)} fold(s) vs nnUNetPredictor.initialize_from_trained_model_folder",
-                ours, base, ratio, target, target is None or ratio <= target,
-                f"{origin}; median of {repeats} interleaved warm runs, {torch.get_num_threads()} threads; "
-                f"{1 / ratio:.1f}x faster; {checked}"
-                + ("" if target else "; target applies to realistic sizes only")))
-
-            baseline_hwm = _rss("baseline", model_dir, case_folds)["hwm"]
-            baseline_pred_hwm = _rss("predictor-baseline", model_dir, case_folds)["hwm"]
-            measured = _rss("ours", model_dir, case_folds)
-            predictor = _rss("predictor", model_dir, case_folds)
-            delta = measured["hwm"] - baseline_hwm
-            pred_delta = predictor["hwm"] - baseline_pred_hwm
-            rss_target = RSS_TARGET if size == "realistic" else None
-            rows.append(_row(
-                f"{len(case_folds)} fold(s) peak RSS growth / weight bytes", measured["seconds"],
-                predictor["seconds"], delta / measured["weights"], rss_target,
-                rss_target is None or delta <= RSS_TARGET * measured["weights"],
-                f"VmHWM, fresh processes: ours +{delta / 2**20:.1f} MiB, nnUNetPredictor +{pred_delta / 2**20:.1f} "
-                f"MiB ({pred_delta / measured['weights']:.2f}x weights), weights {measured['weights'] / 2**20:.1f} MiB; "
-                "seconds: one cold-process call"
-                + ("" if rss_target else "; target applies to realistic sizes only (fixed costs dominate)")))
+    for source, origin, short in models:
+        with tempfile.TemporaryDirectory() as tmp:
+            five = _five_fold_folder(source, source / "fold_0" / FINAL, Path(tmp) / source.name)
+            for folds, repeats in (((0,), REPEATS[size][0]), ((0, 1, 2, 3, 4), REPEATS[size][1])):
+                model_dir = source if folds == (0,) else five
+                for path in model_dir.glob("fold_*/" + FINAL):
+                    path.read_bytes()  # warm page cache for both sides
+                rows += _speed_rows(short, origin, model_dir, folds, repeats, size)
+                rows.append(_rss_row(short, model_dir, folds, size))
     return rows
 
 

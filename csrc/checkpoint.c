@@ -93,19 +93,25 @@ static PyObject *ckpt_selected_value(PyObject *value, PyObject *key, int default
 
 static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "keys", "verify_crc", "factory", "copy", NULL};
+    static char *kwlist[] = {"path", "keys", "verify_crc", "factory", "copy", "threads", NULL};
     nx_state *st = nx_get_state(self);
     PyObject *path_arg = NULL, *keys = Py_None, *factory = NULL;
     PyObject *path = NULL, *map = NULL, *top = NULL, *build_states = NULL, *key_list = NULL;
     PyObject *result = NULL, *out = NULL, *keep = NULL;
     int verify_crc = 1;
-    int copy = 0;
+    int copy = 0, threads = 1;
     nx_zip zip = {NULL, 0, 0};
     nx_mat_ctx ctx;
+    nx_copy_plan plan;
 
     memset(&ctx, 0, sizeof ctx);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOpO|p:read_checkpoint", kwlist, &path_arg, &keys,
-                                     &verify_crc, &factory, &copy)) {
+    memset(&plan, 0, sizeof plan);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOpO|pi:read_checkpoint", kwlist, &path_arg, &keys,
+                                     &verify_crc, &factory, &copy, &threads)) {
+        return NULL;
+    }
+    if (threads < 1) {
+        PyErr_Format(PyExc_ValueError, "threads must be >= 1, got %d", threads);
         return NULL;
     }
     if (!PyCallable_Check(factory)) {
@@ -179,8 +185,9 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
     ctx.path = path;
     ctx.factory = factory;
     ctx.build_states = build_states;
-    ctx.verify_crc = verify_crc;
-    ctx.copy = copy;
+    plan.max_entries = zip.count;
+    plan.copy = copy;
+    ctx.pass = copy || verify_crc ? &plan : NULL;
     ctx.memo = PyDict_New();
     ctx.storages = PyDict_New();
     out = PyDict_New();
@@ -215,6 +222,9 @@ static PyObject *py_read_checkpoint(PyObject *self, PyObject *args, PyObject *kw
         }
         Py_DECREF(made);
     }
+    if (ctx.pass != NULL && nx_copy_plan_run(st, &plan, (nx_mapping *)map, verify_crc, threads) < 0) {
+        goto bail;
+    }
     result = out;
     out = NULL;
 bail:
@@ -222,6 +232,7 @@ bail:
     Py_XDECREF(keep);
     Py_XDECREF(ctx.memo);
     Py_XDECREF(ctx.storages);
+    nx_copy_plan_free(&plan);
     Py_XDECREF(top);
     Py_XDECREF(build_states);
     nx_zip_close(&zip);
@@ -233,7 +244,7 @@ bail:
 
 static PyMethodDef ckpt_methods[] = {
     {"read_checkpoint", (PyCFunction)(void (*)(void))py_read_checkpoint, METH_VARARGS | METH_KEYWORDS,
-     "read_checkpoint(path, keys, verify_crc, factory) -> dict\n\n"
+     "read_checkpoint(path, keys, verify_crc, factory, copy=False, threads=1) -> dict\n\n"
      "Internal: use nnunet_export.read_checkpoint, which supplies the tensor factory."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,5 +1,7 @@
-/* Private file mapping of a checkpoint: MAP_PRIVATE so tensors over it are writable (copy on
- * write) without ever touching the file, and zero-copy because nothing is read until used. */
+/* Memory that checkpoint tensors live in. Either a private file mapping of the checkpoint:
+ * MAP_PRIVATE so tensors over it are writable (copy on write) without ever touching the file,
+ * and zero-copy because nothing is read until used; or an anonymous arena that a copying read
+ * fills (copy_out.c), which no later change to the file can reach. */
 #include "nnunet_export.h"
 
 #include <errno.h>
@@ -15,6 +17,7 @@ static const char kMapTooLargeError[] = "checkpoint '%U': file size does not fit
 static const char kMapDirectoryError[] = "checkpoint '%U': is a directory, not a checkpoint file";
 static const char kMapOpenError[] = "checkpoint '%U': cannot open: %s";
 static const char kMapMapError[] = "checkpoint '%U': cannot map the file into memory: %s";
+static const char kMapArenaError[] = "checkpoint '%U': cannot reserve memory to copy its tensors into: %s";
 
 /* Raises CheckpointError with the OS reason, chained to the matching OSError subclass
  * (FileNotFoundError, PermissionError, ...) so callers can still inspect errno. */
@@ -78,7 +81,7 @@ static PyType_Slot map_slots[] = {
     {Py_tp_dealloc, map_dealloc},
     {Py_bf_getbuffer, map_getbuffer},
     {Py_tp_getset, map_getset},
-    {Py_tp_doc, "Private read/write mapping of a checkpoint file (internal)."},
+    {Py_tp_doc, "Private read/write memory holding checkpoint bytes (internal)."},
     {0, NULL},
 };
 
@@ -162,4 +165,49 @@ bail:
     }
     Py_XDECREF(encoded);
     return result;
+}
+
+PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size)
+{
+    void *base = MAP_FAILED;
+    nx_mapping *m = NULL;
+    int saved_errno = 0;
+
+    if (size == 0 || size > (uint64_t)PY_SSIZE_T_MAX || size > SIZE_MAX) {
+        PyErr_Format(st->CheckpointError, kMapTooLargeError, path);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    /* MAP_NORESERVE: the reservation is an upper bound; only pages written count. */
+    base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                -1, 0);
+    saved_errno = errno;
+#ifdef MADV_HUGEPAGE
+    if (base != MAP_FAILED) {
+        (void)madvise(base, (size_t)size, MADV_HUGEPAGE); /* advice only: 4 KiB pages work too */
+    }
+#endif
+    Py_END_ALLOW_THREADS
+    if (base == MAP_FAILED) {
+        map_os_error(st, path, kMapArenaError, saved_errno);
+        return NULL;
+    }
+    m = PyObject_New(nx_mapping, (PyTypeObject *)st->mapping_type);
+    if (m == NULL) {
+        munmap(base, (size_t)size);
+        return NULL;
+    }
+    m->base = base;
+    m->size = size;
+    m->path = Py_NewRef(path);
+    return (PyObject *)m;
+}
+
+void nx_mapping_trim(nx_mapping *m, uint64_t used)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t keep = used == 0 ? page : (used + page - 1) & ~(page - 1);
+    if (keep < m->size && munmap(m->base + keep, (size_t)(m->size - keep)) == 0) {
+        m->size = keep;
+    }
 }

@@ -6,8 +6,6 @@
 #include "nnunet_export.h"
 
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define MAT_MAX_DEPTH 200
 #define MAT_MAX_NDIM 64
@@ -108,34 +106,9 @@ static int mat_nonneg_int64(PyObject *obj, int64_t *out)
 }
 
 /* Returns (dtype index, base tensor) for a storage persistent id, building it on first use:
- * checks the entry, verifies its CRC, and wraps the mapped bytes without copying. */
-/* Copies `nbytes` mapped bytes at `offset` into a new NumPy uint8 array (GIL released) and gives
- * the mapping's whole pages of that range back to the kernel, so a copying read peaks near one
- * copy of the weights rather than two. The copy no longer depends on the file: a checkpoint
- * rewritten in place later (torch.save onto the same path) cannot SIGBUS it.
- * Returns a new reference, or NULL with an exception set. */
-static PyObject *mat_copy_out(const nx_mapping *map, uint64_t offset, uint64_t nbytes)
-{
-    npy_intp dims[1] = {(npy_intp)nbytes};
-    PyObject *array = PyArray_SimpleNew(1, dims, NPY_UINT8);
-    const uint8_t *src = map->base + offset;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-
-    if (array == NULL) {
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    memcpy(PyArray_DATA((PyArrayObject *)array), src, (size_t)nbytes);
-    uintptr_t first = ((uintptr_t)src + page - 1) & ~(page - 1);
-    uintptr_t last = ((uintptr_t)src + (uintptr_t)nbytes) & ~(page - 1);
-    if (last > first) {
-        /* Only pages wholly inside this entry: neighbours may still be read. Advice only. */
-        (void)madvise((void *)first, (size_t)(last - first), MADV_DONTNEED);
-    }
-    Py_END_ALLOW_THREADS
-    return array;
-}
-
+ * checks the entry and wraps its bytes: the mapped bytes (zero copy), or the entry's place in
+ * the copy plan's arena. nx_copy_plan_run fills the arena and checks CRC-32s before
+ * read_checkpoint returns. */
 static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype, const mat_path *p,
                              int64_t *elements)
 {
@@ -218,30 +191,35 @@ static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype
         }
         return NULL;
     }
-    if (nx_zip_open_entry(ctx->st, ctx->map, e, ctx->verify_crc) < 0) {
+    /* CRC-32s are checked by the storage pass after materialisation, all threads at once. */
+    if (nx_zip_open_entry(ctx->st, ctx->map, e, 0) < 0) {
         return NULL;
     }
     npy_intp dims[1] = {(npy_intp)nbytes};
-    if (ctx->copy) {
-        array = mat_copy_out(ctx->map, e->data_offset, nbytes);
-        if (array == NULL) {
-            goto bail;
-        }
-    } else {
-        descr = PyArray_DescrFromType(NPY_UINT8);
-        if (descr == NULL) {
+    uint8_t *data = ctx->map->base + e->data_offset;
+    PyObject *owner = (PyObject *)ctx->map;
+    if (ctx->pass != NULL) {
+        data = nx_copy_plan_add(ctx->st, ctx->pass, ctx->map, e);
+        if (data == NULL) {
             return NULL;
         }
-        /* Zero copy: the array points into the private mapping and keeps it alive as its base. */
-        array = PyArray_NewFromDescr(&PyArray_Type, descr, 1, dims, NULL, ctx->map->base + e->data_offset,
-                                     NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_WRITEABLE, NULL);
-        descr = NULL; /* stolen */
-        if (array == NULL) {
-            goto bail;
+        if (ctx->pass->copy) {
+            owner = ctx->pass->arena;
         }
-        if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef((PyObject *)ctx->map)) < 0) {
-            goto bail;
-        }
+    }
+    descr = PyArray_DescrFromType(NPY_UINT8);
+    if (descr == NULL) {
+        return NULL;
+    }
+    /* No copy here: the array points into the mapping or the arena, which it keeps alive. */
+    array = PyArray_NewFromDescr(&PyArray_Type, descr, 1, dims, NULL, data,
+                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_WRITEABLE, NULL);
+    descr = NULL; /* stolen */
+    if (array == NULL) {
+        goto bail;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef(owner)) < 0) {
+        goto bail;
     }
     base = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOs", "storage", array,
                                                             nx_dtypes[tensor_dtype].torch_name));

@@ -134,6 +134,12 @@ typedef struct {
 
 /* Opens and maps `path` (str). Returns a new nx_mapping or NULL with CheckpointError/OSError set. */
 PyObject *nx_mapping_open(nx_state *st, PyObject *path);
+/* New nx_mapping over `size` bytes of zeroed anonymous memory (no file), asked for transparent
+ * huge pages; `path` names the checkpoint its bytes come from. NULL with an exception set. */
+PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size);
+/* Unmaps the pages of an anonymous nx_mapping past its first `used` bytes (at least one page
+ * stays). Never fails: a refused munmap only keeps the reservation. */
+void nx_mapping_trim(nx_mapping *m, uint64_t used);
 int nx_mapping_add_type(PyObject *module);
 
 /* One STORED ZIP entry, validated against the file bounds from the central directory; its local
@@ -168,6 +174,8 @@ nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_l
 int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc);
 /* CRC-32 (zlib polynomial) continuing from `crc`, through libdeflate (crc32.c). No GIL needed. */
 uint32_t nx_crc32(uint32_t crc, const uint8_t *p, uint64_t len);
+/* Raises CheckpointError: entry `e` computed `got` instead of its stored CRC-32. */
+void nx_zip_crc_error(nx_state *st, const nx_mapping *map, const nx_zip_entry *e, uint32_t got);
 int nx_crc32_add_functions(PyObject *module);
 
 /* Globals the unpickler recognises. Anything else becomes NX_G_UNSAFE and is never constructed. */
@@ -225,6 +233,27 @@ int nx_classify_global(const char *module, const char *name, int *sub);
 PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uint8_t *data,
                       uint64_t len, PyObject **build_states);
 
+/* The touched storages of one read, collected while the pickle is materialised and passed over
+ * by nx_copy_plan_run afterwards (copy_out.c): a copying read places them in one anonymous arena
+ * and fills it; a zero-copy read only checks their CRC-32s there. */
+typedef struct {
+    int copy;             /* 1: copy into the arena; 0: CRC-check the mapped bytes */
+    PyObject *arena;      /* owned nx_mapping (anonymous) or NULL before the first storage */
+    uint64_t used;        /* arena bytes handed out */
+    size_t max_entries;   /* entries in the archive: bounds the alignment padding */
+    struct cpy_job *jobs; /* owned (PyMem) */
+    size_t count, capacity;
+} nx_copy_plan;
+
+/* Adds entry `e` to the pass and returns where its tensor bytes are: a place reserved in the
+ * arena (not yet copied) or, without copy, the mapped bytes. NULL with an exception set. */
+uint8_t *nx_copy_plan_add(nx_state *st, nx_copy_plan *plan, const nx_mapping *map, nx_zip_entry *e);
+/* Copies (or only CRC-checks) every planned entry with up to `threads` threads (GIL released),
+ * checking CRC-32s when `verify_crc`; 0, or -1 with CheckpointError naming the first corrupt
+ * entry. */
+int nx_copy_plan_run(nx_state *st, nx_copy_plan *plan, const nx_mapping *map, int verify_crc, int threads);
+void nx_copy_plan_free(nx_copy_plan *plan);
+
 /* Materialisation context of one read_checkpoint call. */
 typedef struct {
     nx_state *st;
@@ -235,8 +264,8 @@ typedef struct {
     PyObject *build_states;/* borrowed dict from nx_unpickle */
     PyObject *memo;        /* owned dict id(placeholder object) -> materialised object */
     PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor) */
-    int verify_crc;
-    int copy;            /* storages copied out of the mapping (survive in-place file rewrites) */
+    nx_copy_plan *pass;    /* borrowed; NULL: neither copy nor CRC check. With copy, storages
+                            * leave the mapping (they survive in-place file rewrites) */
     int depth;
 } nx_mat_ctx;
 

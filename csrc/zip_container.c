@@ -388,6 +388,15 @@ nx_zip_entry *nx_zip_find(const nx_zip *zip, const char *suffix, size_t suffix_l
     return NULL;
 }
 
+void nx_zip_crc_error(nx_state *st, const nx_mapping *map, const nx_zip_entry *e, uint32_t got)
+{
+    char printable[256];
+    zipr_name(printable, sizeof printable, e->name, e->name_len);
+    PyErr_Format(st->CheckpointError, kZipCrcError, map->path, printable,
+                 (unsigned long long)e->data_offset, (unsigned long long)e->size, (unsigned)e->crc,
+                 (unsigned)got);
+}
+
 int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int verify_crc)
 {
     uint32_t crc;
@@ -405,11 +414,7 @@ int nx_zip_open_entry(nx_state *st, const nx_mapping *map, nx_zip_entry *e, int 
     crc = nx_crc32(0, map->base + e->data_offset, e->size);
     Py_END_ALLOW_THREADS
     if (crc != e->crc) {
-        char printable[256];
-        zipr_name(printable, sizeof printable, e->name, e->name_len);
-        PyErr_Format(st->CheckpointError, kZipCrcError, map->path, printable,
-                     (unsigned long long)e->data_offset, (unsigned long long)e->size,
-                     (unsigned)e->crc, (unsigned)crc);
+        nx_zip_crc_error(st, map, e, crc);
         return -1;
     }
     e->crc_checked = 1;

@@ -47,8 +47,8 @@ def test_one_input(data: bytes) -> None:
     except core.ExportError as e:
         if "is not in the file" not in str(e):
             return  # the VM itself failed: a second run would fail the same way
-    try:
-        core.read_checkpoint(path, EXTRA_KEYS, True, fuzz_common.factory)
+    try:  # copying read with two threads: storages reached by the mutated pickle go to the arena
+        core.read_checkpoint(path, EXTRA_KEYS, True, fuzz_common.factory, True, 2)
     except core.ExportError:
         pass
 

@@ -42,6 +42,7 @@ def read_checkpoint(
     verify_crc: bool,
     factory: Callable[..., Any],
     copy: bool = ...,
+    threads: int = ...,
 ) -> dict[str, Any]:
     """Internal: use ``nnunet_export.read_checkpoint``, which supplies the tensor factory."""
 

@@ -57,6 +57,7 @@ def read_checkpoint(
     *,
     verify_crc: bool = True,
     copy: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Read selected top-level keys of an nnU-Net checkpoint without executing anything.
 
@@ -80,7 +81,12 @@ def read_checkpoint(
             sharing it. Tensors then survive the file being truncated or rewritten in place
             (``torch.save`` onto the same path, as nnU-Net does with checkpoint_best.pth during
             training), which a zero-copy mapping cannot: the kernel raises SIGBUS on pages past
-            a file's new end. Costs one memcpy of the requested weights.
+            a file's new end. Costs one copy of the requested weights, made after the pickle is
+            read, by ``threads`` threads at once, into one block of memory that all returned
+            tensors share (it is freed when the last of them is); the CRC-32 check is done on
+            the copy, so it costs no second pass over the file.
+        threads: threads copying at once when ``copy`` is set; None uses
+            ``torch.get_num_threads()``.
 
     Returns:
         dict mapping each selected key to its value: tensors (``torch.Tensor``; ``Parameter``
@@ -104,4 +110,8 @@ def read_checkpoint(
         raise TypeError("keys must be a list or tuple of str, not a single str")
     if keys is not None and not isinstance(keys, (list, tuple)):
         keys = list(keys)
-    return _core.read_checkpoint(os.fspath(path), keys, bool(verify_crc), _factory, bool(copy))
+    if threads is None:
+        threads = torch.get_num_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    return _core.read_checkpoint(os.fspath(path), keys, bool(verify_crc), _factory, bool(copy), threads)

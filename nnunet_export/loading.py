@@ -43,15 +43,13 @@ class FoldWeights:
     state_dict: dict[str, torch.Tensor]
 
 
-def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str) -> FoldWeights:
+def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str, copy: bool, verify_crc: bool) -> FoldWeights:
     from .checkpoint import read_checkpoint
 
     path = checkpoint_file(model_dir, fold, checkpoint_name)
     # Default keys: init_args without its plans copy; files older than the mirroring entry are
     # read too (nnU-Net treats a missing inference_allowed_mirroring_axes as no mirroring).
-    # copy=True: a loaded model outlives its checkpoint file, which nnU-Net's training rewrites
-    # in place (torch.save onto checkpoint_best.pth); a zero-copy mapping would SIGBUS then.
-    content = read_checkpoint(path, copy=True)
+    content = read_checkpoint(path, copy=copy, verify_crc=verify_crc)
     init_args = content.get("init_args") or {}
     trained_fold = init_args.get("fold")
     if trained_fold is not None and str(trained_fold) != str(fold):
@@ -122,6 +120,8 @@ def load_complete(
     configuration: str | None = None,
     num_threads: int | None = None,
     progress: Callable[[str], Any] | None = None,
+    copy: bool = True,
+    verify_crc: bool = True,
 ):
     """Load a trained nnU-Net model folder into one complete, ready-to-export module.
 
@@ -140,6 +140,15 @@ def load_complete(
         configuration: if given, must match the configuration the checkpoints were trained with.
         num_threads: bounds torch's intra-op threads during the call (restored afterwards).
         progress: called with one line per step (e.g. ``print``) for long loads.
+        copy: copy the weights out of the checkpoint files (default). The model then outlives
+            its files whatever happens to them; nnU-Net's training rewrites checkpoint_best.pth
+            in place (``torch.save`` onto the same path). ``copy=False`` keeps the weights in
+            private (copy-on-write) mappings of the files instead: faster and no second copy
+            in memory, but a checkpoint truncated or rewritten in place while the model lives
+            crashes the process (SIGBUS) or changes its weights. Use it only for files nothing
+            writes to, e.g. a finished model's checkpoint_final.pth.
+        verify_crc: check the CRC-32 of every weight byte read (default). Off, a corrupt file
+            is only caught when its structure is broken, as with ``torch.load``.
 
     Returns:
         An :class:`nnunet_export.model.NnUNetModel` in eval mode, deep supervision off,
@@ -158,14 +167,16 @@ def load_complete(
     """
     with ThreadGuard(num_threads):
         with torch.no_grad():
-            return _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress)
+            return _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress,
+                                  bool(copy), bool(verify_crc))
 
 
-def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress):
+def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress, copy, verify_crc):
     from .architectures import EnsembleModule, load_weights, prepare_for_inference
+    from .architectures.clone import clone_with_weights
     from .model import ModelInfo, NnUNetModel
     from .model_config import read_model_config
-    from .network_builder import build_for_checkpoint
+    from .network_builder import NATIVE_BUILDER, build_for_checkpoint
 
     say = progress or (lambda line: None)
     started = time.perf_counter()
@@ -182,7 +193,7 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
 
     fold_weights: list[FoldWeights] = []
     for index, fold in enumerate(requested):
-        fold_weights.append(_read_fold(model_dir, fold, checkpoint_name))
+        fold_weights.append(_read_fold(model_dir, fold, checkpoint_name, copy, verify_crc))
         say(f"read fold {fold} ({index + 1}/{len(requested)}): {fold_weights[-1].path}")
     _check_folds_agree(fold_weights)
     first = fold_weights[0]
@@ -194,21 +205,25 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         )
     config = read_model_config(model_dir, first.configuration)
 
-    networks = []
-    built = None
-    for fw in fold_weights:
-        built = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir)
-        check_state_dict_fits(built.network.state_dict(keep_vars=True), fw.state_dict, str(fw.path))
-        # Adopts the checkpoint's tensors (already copied out of the file mapping) without
-        # another copy where it can.
-        load_weights(built.network, fw.state_dict, strict=True)
-        network = prepare_for_inference(built.network)
+    built = build_for_checkpoint(config, first.trainer_name, first.state_dict, model_dir)
+    check_state_dict_fits(built.network.state_dict(keep_vars=True), first.state_dict, str(first.path))
+    # Adopts the checkpoint's tensors (already copied out of the file mapping) without another copy.
+    load_weights(built.network, first.state_dict, strict=True)
+    networks = [prepare_for_inference(built.network)]
+    for fw in fold_weights[1:]:
+        # The folds agree on every key, shape and dtype (checked above): the package's own
+        # architectures copy fold 0's module tree; other builders build each fold.
+        if built.builder == NATIVE_BUILDER:
+            networks.append(clone_with_weights(networks[0], fw.state_dict))
+        else:
+            network = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir).network
+            networks.append(prepare_for_inference(load_weights(network, fw.state_dict, strict=True)))
+    for index, fw in enumerate(fold_weights):
+        network = networks[index]
         # Module.to walks every submodule even when nothing moves; skip it in the common case.
         if any(t.device != device for t in (*network.parameters(), *network.buffers())):
-            network = network.to(device)
-        networks.append(network)
+            networks[index] = network.to(device)
         say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")
-    assert built is not None
     network = networks[0] if len(networks) == 1 else EnsembleModule(networks)
     info = ModelInfo(
         model_dir=str(model_dir),

@@ -26,6 +26,10 @@ _BATCHNORM_FOR_CONV = {
 }
 
 
+#: BuiltNetwork.builder of the package's own (scriptable) architectures.
+NATIVE_BUILDER = "nnunet_export"
+
+
 @dataclass(frozen=True)
 class BuiltNetwork:
     network: torch.nn.Module
@@ -102,7 +106,7 @@ def build_for_checkpoint(config, trainer_name: str, state_dict: Mapping[str, tor
             config.num_output_channels,
             device="meta",  # no memory, no random init: the checkpoint's tensors are adopted
         )
-        return BuiltNetwork(network, True, "nnunet_export")
+        return BuiltNetwork(network, True, NATIVE_BUILDER)
     if trainer_cls is None:
         trainer_cls = _trainer_class(trainer_name)
     if trainer_cls is None:

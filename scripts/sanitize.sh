@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 export NNUNET_EXPORT_PYTHON=${NNUNET_EXPORT_PYTHON:-${NNUNET_EXPORT_VENV:-.venv}/bin/python}
 PY=$(cd "$(dirname "$NNUNET_EXPORT_PYTHON")" && pwd)/$(basename "$NNUNET_EXPORT_PYTHON")
-TESTS=(test_read_checkpoint.py test_checkpoint_corrupt.py test_checkpoint_hostile.py
+TESTS=(test_read_checkpoint.py test_read_checkpoint_copy.py test_checkpoint_corrupt.py test_checkpoint_hostile.py
        test_checkpoint_crc.py test_model_config_errors.py test_model_config_parity.py
        test_metadata_json.py test_thread_guard.py test_concurrency.py)
 # Not test_leaks.py: ASan's quarantine holds freed memory back, so resident memory is not flat by

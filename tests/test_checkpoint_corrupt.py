@@ -43,9 +43,9 @@ def _write(tmp_path, raw: bytes, name="damaged.pth"):
     return path
 
 
-def _fails(path, match, keys=ALL_KEYS, exc=CheckpointError):
+def _fails(path, match, keys=ALL_KEYS, exc=CheckpointError, **options):
     with pytest.raises(exc, match=match) as info:
-        read_checkpoint(path, keys)
+        read_checkpoint(path, keys, **options)
     assert str(path) in str(info.value)
     return info.value
 
@@ -183,7 +183,13 @@ def test_bit_flips_in_structure_bytes(tmp_path, original):
     assert outcomes["error"] > 0 and outcomes["same"] > 0
 
 
-def test_weight_byte_corruption_is_caught_by_crc(tmp_path, original):
+# Zero-copy and copying reads check CRC-32s in one pass after the pickle, threads at once.
+READ_MODES = [dict(copy=False, threads=1), dict(copy=False, threads=2), dict(copy=True, threads=1),
+              dict(copy=True, threads=3)]
+
+
+@pytest.mark.parametrize("options", READ_MODES, ids=lambda o: f"copy={o['copy']}-threads={o['threads']}")
+def test_weight_byte_corruption_is_caught_by_crc(tmp_path, original, options):
     _, raw, reference = original
     keys = _storage_keys(_Collect(io.BytesIO(_pickle_of(raw))).load()["network_weights"])
     key = sorted(keys)[0]
@@ -192,10 +198,24 @@ def test_weight_byte_corruption_is_caught_by_crc(tmp_path, original):
     damaged[(start + end) // 2] ^= 0x10
     path = _write(tmp_path, bytes(damaged))
     _fails(path, rf"entry '\w+/data/{key}' \(payload at byte {start}, {end - start} bytes\) fails its "
-                 r"CRC32 check \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)", keys=["network_weights"])
+                 r"CRC32 check \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)", keys=["network_weights"], **options)
     # without CRC the flipped value comes through: the check is what protects the weights
-    weights = read_checkpoint(path, ["network_weights"], verify_crc=False)["network_weights"]
+    weights = read_checkpoint(path, ["network_weights"], verify_crc=False, **options)["network_weights"]
     assert any(not torch.equal(weights[k], reference["network_weights"][k]) for k in weights)
+
+
+@pytest.mark.parametrize("options", READ_MODES, ids=lambda o: f"copy={o['copy']}-threads={o['threads']}")
+def test_of_several_corrupt_storages_the_first_in_the_file_is_named(tmp_path, original, options):
+    _, raw, _ = original
+    keys = _storage_keys(_Collect(io.BytesIO(_pickle_of(raw))).load()["network_weights"])
+    spans = sorted((_payload_span(raw, f"data/{key}"), key) for key in keys)
+    spans = [(span, key) for span, key in spans if span[1] > span[0]]
+    damaged = bytearray(raw)
+    for (start, end), _ in spans[len(spans) // 2:]:  # the later half of the file's storages
+        damaged[start] ^= 0x01
+    (start, end), key = spans[len(spans) // 2]
+    _fails(_write(tmp_path, bytes(damaged)), rf"entry '\w+/data/{key}' \(payload at byte {start}, ",
+           keys=["network_weights"], **options)
 
 
 def test_optimizer_bytes_are_never_read_for_weights(tmp_path, original):

@@ -106,11 +106,12 @@ def tiny(nnunet_fixture):
     return nnunet_fixture("3d_fullres")
 
 
-def test_read_checkpoint_cycles_do_not_leak(tiny):
+@pytest.mark.parametrize("copy", [False, True], ids=["zero-copy", "copy"])
+def test_read_checkpoint_cycles_do_not_leak(tiny, copy):
     path = nnunet_fixtures.checkpoint_path(tiny)
 
     def cycle():
-        checkpoint = read_checkpoint(path, ALL_KEYS)
+        checkpoint = read_checkpoint(path, ALL_KEYS, copy=copy, threads=2)
         # touch every tensor, so storages really get built and released
         assert sum(t.numel() for t in checkpoint["network_weights"].values()) > 0
         del checkpoint

@@ -157,6 +157,25 @@ def test_ensemble_equals_nnunet_fold_mean(nnunet_fixture, folds):
         assert _max_diff(singles[0], singles[1]) > 1e-4
 
 
+@pytest.mark.parametrize("options", [{"copy": False}, {"copy": False, "verify_crc": False}, {"verify_crc": False}],
+                         ids=str)
+def test_reading_options_give_the_same_model(nnunet_fixture, options):
+    from test_read_checkpoint import _file_mappings
+
+    fixture = nnunet_fixture("multifold")
+    default = nnunet_export.load_complete(fixture.model_dir, folds=(0, 1, 2))
+    other = nnunet_export.load_complete(fixture.model_dir, folds=(0, 1, 2), **options)
+    assert other.info.weights_sha256 == default.info.weights_sha256
+    x = _inputs(other)[0]
+    with torch.no_grad():
+        assert torch.equal(other(x), default(x))
+    # copy=False: every fold's parameters are views of its own checkpoint's mapping
+    for fold, net in zip((0, 1, 2), other.network.networks):
+        spans = _file_mappings(fixture.model_dir / f"fold_{fold}" / FINAL)
+        inside = [any(a <= p.data_ptr() < b for a, b in spans) for p in net.parameters()]
+        assert all(inside) if options.get("copy") is False else not any(inside)
+
+
 def test_detected_folds_ensemble_equals_nnunet_default(nnunet_fixture):
     fixture = nnunet_fixture("multifold")
     model = nnunet_export.load_complete(fixture.model_dir)  # folds=None: detect like nnU-Net

@@ -11,7 +11,8 @@ file-mapping semantics, and is what these tests pin down:
     from it is loaded): not safe for zero-copy tensors. Pages past the new end raise SIGBUS on
     access and pages not yet copied on write show the new bytes (strict xfails pin that down).
     ``read_checkpoint(copy=True)`` copies the storages out of the mapping and is safe, and
-    ``load_complete`` uses it: a loaded model survives every change.
+    ``load_complete`` uses it by default: a loaded model survives every change
+    (``load_complete(copy=False)`` keeps the mapping and shares its hazard).
 
 Every scenario runs in a child process: a SIGBUS there fails one test, not the suite.
 """
@@ -137,7 +138,7 @@ def test_copied_tensors_survive_every_change(tmp_path, change):
 
 
 LOAD_THEN_CHANGE = textwrap.dedent("""
-    model = nnunet_export.load_complete(model_dir, folds=(fold,))
+    model = nnunet_export.load_complete(model_dir, folds=(fold,), copy=COPY)
     x = torch.randn((1, model.info.config.num_input_channels, *model.info.config.patch_size),
                     generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -162,4 +163,17 @@ MODEL_CHANGES = {
 @pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
 def test_load_complete_model_when_the_checkpoint_changes(model_copy, change):
     model_dir, fold, path = model_copy
-    _assert_ok(_run_child(MODEL_CHANGES[change] + LOAD_THEN_CHANGE, model_dir=model_dir, fold=fold, path=path))
+    _assert_ok(_run_child(MODEL_CHANGES[change] + LOAD_THEN_CHANGE, model_dir=model_dir, fold=fold, path=path,
+                          COPY=True))
+
+
+@pytest.mark.parametrize("change", [
+    "rename",
+    pytest.param("truncate", marks=UNSAFE),
+    pytest.param("torch_save_in_place", marks=UNSAFE),
+])
+def test_load_complete_without_copy_shares_the_mapping_hazard(model_copy, change):
+    """copy=False is documented as unsafe for files rewritten in place: pin that down."""
+    model_dir, fold, path = model_copy
+    _assert_ok(_run_child(MODEL_CHANGES[change] + LOAD_THEN_CHANGE, model_dir=model_dir, fold=fold, path=path,
+                          COPY=False))

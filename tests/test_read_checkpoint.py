@@ -199,13 +199,14 @@ def test_path_like_and_bytes_path(ckpt_path):
     assert read_checkpoint(os.fsencode(ckpt_path), ["trainer_name"]) == {"trainer_name": "nnUNetTrainer"}
 
 
-def test_concurrent_reads_from_threads(ckpt_path, reference):
+@pytest.mark.parametrize("options", [{}, {"copy": True, "threads": 2}], ids=["zero-copy", "copy"])
+def test_concurrent_reads_from_threads(ckpt_path, reference, options):
     errors, results = [], []
 
     def work():
         try:
             for _ in range(5):
-                results.append(read_checkpoint(ckpt_path, ALL_KEYS))
+                results.append(read_checkpoint(ckpt_path, ALL_KEYS, **options))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

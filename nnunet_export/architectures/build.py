@@ -238,30 +238,15 @@ def _describe(keys: List[str], limit: int = 5) -> str:
     return shown + (", ..." if len(keys) > limit else "")
 
 
-def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True) -> nn.Module:
-    """Load a dynamic-network-architectures state dict (e.g. ``checkpoint['network_weights']``).
-
-    Before anything is written, the keys and shapes are checked, and every group of alias keys
-    (``...conv.weight`` / ``...all_modules.0.weight`` / ``decoder.encoder.*``, which are one
-    tensor in the network) must carry equal values; each tensor is then written once. If the
-    network lives on the meta device (``build_network(..., device="meta")``) the state dict's
-    tensors are adopted without a copy (``assign=True``, so the network then shares memory with
-    ``state_dict``); otherwise they are copied into the network's own storage.
-
-    Args:
-        module: a network from :func:`build_network` (or any module).
-        state_dict: mapping of key -> tensor, keys exactly as dna's ``state_dict()`` (no
-            ``module.`` / ``_orig_mod.`` prefixes).
-        strict: require the key sets to be equal.
-
-    Returns:
-        ``module``, for chaining.
+def checked_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any],
+                    strict: bool = True) -> Dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` to write into a network whose ``state_dict(keep_vars=True)``
+    is ``own``: one key per underlying tensor (dna's state dict names every encoder weight
+    four times), after checking keys, shapes and that aliases carry equal values.
 
     Raises:
-        WeightsMismatchError: missing or unexpected keys (strict), a shape mismatch, a value that
-            is not a tensor, inconsistent aliases, or tensors left without data.
+        WeightsMismatchError: as :func:`load_weights`.
     """
-    own = module.state_dict(keep_vars=True)
     if strict:
         missing = [k for k in own if k not in state_dict]
         if missing:
@@ -292,10 +277,35 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool 
             )
             if not same_view and not torch.equal(ref, value.to(ref.device, ref.dtype)):
                 raise WeightsMismatchError(kAliasMismatchError.format(a=first, b=key))
+    return {key: state_dict[key] for key in own if key in state_dict and first_key_of[id(own[key])] == key}
+
+
+def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True) -> nn.Module:
+    """Load a dynamic-network-architectures state dict (e.g. ``checkpoint['network_weights']``).
+
+    Before anything is written, the keys and shapes are checked, and every group of alias keys
+    (``...conv.weight`` / ``...all_modules.0.weight`` / ``decoder.encoder.*``, which are one
+    tensor in the network) must carry equal values; each tensor is then written once. If the
+    network lives on the meta device (``build_network(..., device="meta")``) the state dict's
+    tensors are adopted without a copy (``assign=True``, so the network then shares memory with
+    ``state_dict``); otherwise they are copied into the network's own storage.
+
+    Args:
+        module: a network from :func:`build_network` (or any module).
+        state_dict: mapping of key -> tensor, keys exactly as dna's ``state_dict()`` (no
+            ``module.`` / ``_orig_mod.`` prefixes).
+        strict: require the key sets to be equal.
+
+    Returns:
+        ``module``, for chaining.
+
+    Raises:
+        WeightsMismatchError: missing or unexpected keys (strict), a shape mismatch, a value that
+            is not a tensor, inconsistent aliases, or tensors left without data.
+    """
+    own = module.state_dict(keep_vars=True)
+    once = checked_weights(own, state_dict, strict)
     on_meta = any(t.is_meta for t in own.values())
-    # Keys were checked above; write each underlying tensor once instead of once per alias
-    # (dna's state dict names every encoder weight four times).
-    once = {key: state_dict[key] for key in own if key in state_dict and first_key_of[id(own[key])] == key}
     module.load_state_dict(once, strict=False, assign=on_meta)
     if on_meta:
         left = [k for k, t in module.state_dict(keep_vars=True).items() if t.is_meta]
