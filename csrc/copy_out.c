@@ -2,9 +2,9 @@
  * (GIL released). A copying read (read_checkpoint(copy=True)) gives each storage a place in one
  * anonymous arena and copies its bytes there, computing each chunk's CRC-32 from the freshly
  * written (cache-hot) copy instead of in a second pass over the file; a zero-copy read only
- * checks the CRC-32s. Why an arena: one mapping asked for transparent huge pages takes a few
- * hundred page faults where one allocation per storage takes one per 4 KiB page, and first-touch
- * faults dominated the copy. */
+ * checks the CRC-32s. One arena instead of one allocation per storage: a single mmap (NumPy's
+ * allocator would take and give back every large storage separately), storages packed in file
+ * order, and one object for all tensors to keep alive. */
 #include "nnunet_export.h"
 
 #include <pthread.h>
@@ -14,9 +14,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define CPY_ALIGN 64u             /* storage start alignment (what torch's CPU allocator gives) */
-#define CPY_CHUNK (256u << 10)     /* copy then CRC this much at a time: stays in cache between */
-#define CPY_HUGE (2u << 20)       /* arena size rounding: one transparent huge page */
+#define CPY_ALIGN 64u          /* storage start alignment (what torch's CPU allocator gives) */
+#define CPY_CHUNK (256u << 10) /* copy then CRC this much at a time: stays in L2 in between */
 #define CPY_MAX_THREADS 64
 
 static const char kCpyTooLargeError[] = "checkpoint '%U': storages do not fit in the address space";
@@ -29,13 +28,13 @@ typedef struct cpy_job {
 
 /* Shared by the workers of one nx_copy_plan_run; jobs are taken largest first. */
 typedef struct {
-    const nx_mapping *map;
-    uint8_t *arena;
-    cpy_job **order;
+    const nx_mapping *map; /* borrowed: the file mapping */
+    uint8_t *arena;        /* borrowed: first byte of the arena; NULL: only check CRC-32s */
+    cpy_job **order;       /* borrowed: jobs, largest first */
     size_t count;
-    atomic_size_t next;
+    atomic_size_t next;    /* index of the next job to take */
     int verify_crc;
-    uintptr_t page;
+    uintptr_t page;        /* page size, for MADV_DONTNEED */
 } cpy_work;
 
 void nx_copy_plan_free(nx_copy_plan *plan)
@@ -54,13 +53,13 @@ uint8_t *nx_copy_plan_add(nx_state *st, nx_copy_plan *plan, const nx_mapping *ma
     if (plan->copy) {
         if (plan->arena == NULL) {
             /* The storages of one file never need more than the file's size, plus alignment. */
-            uint64_t reserve = 0;
-            if (__builtin_add_overflow(map->size, (uint64_t)CPY_ALIGN * (plan->max_entries + 1), &reserve) ||
-                reserve > (uint64_t)PY_SSIZE_T_MAX - CPY_HUGE) {
+            uint64_t padding = 0, reserve = 0;
+            if (__builtin_mul_overflow((uint64_t)CPY_ALIGN, (uint64_t)plan->max_entries + 1, &padding) ||
+                __builtin_add_overflow(map->size, padding, &reserve) ||
+                reserve > (uint64_t)PY_SSIZE_T_MAX) {
                 PyErr_Format(st->CheckpointError, kCpyTooLargeError, map->path);
                 return NULL;
             }
-            reserve = (reserve + CPY_HUGE - 1) & ~(uint64_t)(CPY_HUGE - 1);
             plan->arena = nx_mapping_anonymous(st, map->path, reserve);
             if (plan->arena == NULL) {
                 return NULL;
@@ -108,6 +107,12 @@ static void *cpy_worker(void *arg)
         }
         uint8_t *dst = w->arena + job->dst;
         uint32_t crc = 0;
+#ifdef MADV_POPULATE_WRITE
+        /* Fault the destination in with one call (Linux >= 5.14; advice only): about a quarter
+         * less time than taking the page faults one by one inside memcpy. */
+        uintptr_t lo = (uintptr_t)dst & ~(w->page - 1);
+        (void)madvise((void *)lo, (size_t)((uintptr_t)dst + size - lo), MADV_POPULATE_WRITE);
+#endif
         for (uint64_t off = 0; off < size; off += CPY_CHUNK) {
             size_t n = size - off < CPY_CHUNK ? (size_t)(size - off) : CPY_CHUNK;
             memcpy(dst + off, src + off, n);

@@ -134,8 +134,8 @@ typedef struct {
 
 /* Opens and maps `path` (str). Returns a new nx_mapping or NULL with CheckpointError/OSError set. */
 PyObject *nx_mapping_open(nx_state *st, PyObject *path);
-/* New nx_mapping over `size` bytes of zeroed anonymous memory (no file), asked for transparent
- * huge pages; `path` names the checkpoint its bytes come from. NULL with an exception set. */
+/* New nx_mapping over `size` bytes of zeroed anonymous memory (no file); `path` names the
+ * checkpoint its bytes come from. NULL with an exception set. */
 PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size);
 /* Unmaps the pages of an anonymous nx_mapping past its first `used` bytes (at least one page
  * stays). Never fails: a refused munmap only keeps the reservation. */

@@ -85,8 +85,8 @@ def read_checkpoint(
             read, by ``threads`` threads at once, into one block of memory that all returned
             tensors share (it is freed when the last of them is); the CRC-32 check is done on
             the copy, so it costs no second pass over the file.
-        threads: threads copying at once when ``copy`` is set; None uses
-            ``torch.get_num_threads()``.
+        threads: threads copying (``copy=True``) or checking CRC-32s at once, GIL released;
+            None uses ``torch.get_num_threads()``.
 
     Returns:
         dict mapping each selected key to its value: tensors (``torch.Tensor``; ``Parameter``

@@ -111,6 +111,14 @@ def _check_folder_name(model_dir: Path, fold: FoldWeights) -> None:
         )
 
 
+def _eval_outside(module: torch.nn.Module, skip: set[int]) -> None:
+    """Sets eval mode on `module` and its submodules, except below modules whose id is in `skip`."""
+    module.training = False
+    for child in module.children():
+        if id(child) not in skip:
+            _eval_outside(child, skip)
+
+
 def load_complete(
     model_dir: Union[str, os.PathLike],
     folds: FoldsArg = None,
@@ -207,7 +215,7 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
 
     built = build_for_checkpoint(config, first.trainer_name, first.state_dict, model_dir)
     check_state_dict_fits(built.network.state_dict(keep_vars=True), first.state_dict, str(first.path))
-    # Adopts the checkpoint's tensors (already copied out of the file mapping) without another copy.
+    # Adopts the checkpoint's tensors without another copy.
     load_weights(built.network, first.state_dict, strict=True)
     networks = [prepare_for_inference(built.network)]
     for fw in fold_weights[1:]:
@@ -218,12 +226,11 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         else:
             network = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir).network
             networks.append(prepare_for_inference(load_weights(network, fw.state_dict, strict=True)))
-    for index, fw in enumerate(fold_weights):
-        network = networks[index]
-        # Module.to walks every submodule even when nothing moves; skip it in the common case.
-        if any(t.device != device for t in (*network.parameters(), *network.buffers())):
-            networks[index] = network.to(device)
-        say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")
+    if device.type != "cpu":  # the reader's tensors are always on the CPU
+        networks = [network.to(device) for network in networks]
+    if progress is not None:
+        for fw, network in zip(fold_weights, networks):
+            say(f"built fold {fw.fold}: {sum(p.numel() for p in network.parameters()):,} parameters")
     network = networks[0] if len(networks) == 1 else EnsembleModule(networks)
     info = ModelInfo(
         model_dir=str(model_dir),
@@ -242,7 +249,9 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         # The digests would keep the CPU copies of the weights alive until first use.
         tuple(info.weights_sha256)
     model = NnUNetModel(network, info)
-    model.eval()
-    model.requires_grad_(False)
+    # Every fold network is already in eval mode without gradients (prepare_for_inference, or
+    # cloned from one that is); only the new wrappers start in training mode, and walking all
+    # the folds' modules again costs milliseconds per fold.
+    _eval_outside(model, {id(n) for n in networks})
     say(f"loaded {len(networks)} fold(s) in {time.perf_counter() - started:.2f} s")
     return model
