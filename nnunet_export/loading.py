@@ -244,6 +244,7 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
         scriptable=built.scriptable,
         not_scriptable_reason=built.not_scriptable_reason,
         builder=built.builder,
+        weights_mapped=not copy and device.type == "cpu",
     )
     if device.type != "cpu":
         # The digests would keep the CPU copies of the weights alive until first use.

@@ -24,6 +24,8 @@ class ModelInfo:
     scriptable: bool
     not_scriptable_reason: Optional[str]
     builder: str
+    # load_complete(copy=False): the weights live in mappings of the checkpoint files.
+    weights_mapped: bool = False
 
     def parameter_summary(self, network: torch.nn.Module) -> tuple[int, int]:
         """(parameter count, unique weight bytes) of ``network``, each tensor counted once."""
@@ -95,6 +97,9 @@ class NnUNetModel(torch.nn.Module):
             ("mirroring axes", str(info.mirroring_axes)),
             ("scriptable", "yes" if info.scriptable else f"no: {info.not_scriptable_reason}"),
         ]
+        if info.weights_mapped:
+            rows.append(("weights", "mapped from the checkpoint files (copy=False): never rewrite "
+                                    "them in place while this model lives"))
         return rows
 
     def __repr__(self) -> str:

@@ -169,6 +169,8 @@ def test_reading_options_give_the_same_model(nnunet_fixture, options):
     x = _inputs(other)[0]
     with torch.no_grad():
         assert torch.equal(other(x), default(x))
+    assert other.info.weights_mapped is (options.get("copy") is False) and not default.info.weights_mapped
+    assert ("mapped from the checkpoint files" in repr(other)) is other.info.weights_mapped
     # copy=False: every fold's parameters are views of its own checkpoint's mapping
     for fold, net in zip((0, 1, 2), other.network.networks):
         spans = _file_mappings(fixture.model_dir / f"fold_{fold}" / FINAL)
