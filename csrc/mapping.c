@@ -184,7 +184,7 @@ PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size)
     saved_errno = errno;
     /* No MADV_HUGEPAGE: in VMs whose balloon takes freed memory back (free page reporting),
      * free huge-page blocks are exactly what was given back, and faulting them in made a copy
-     * 2-3x slower than with 4 KiB pages; on a quiet machine they saved only ~25%. */
+     * 2-3x slower than with 4 KiB pages; on a quiet machine they saved about a third. */
     Py_END_ALLOW_THREADS
     if (base == MAP_FAILED) {
         map_os_error(st, path, kMapArenaError, saved_errno);
