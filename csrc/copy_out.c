@@ -158,9 +158,6 @@ int nx_copy_plan_run(nx_state *st, nx_copy_plan *plan, const nx_mapping *map, in
     qsort(order, plan->count, sizeof *order, cpy_larger_first);
     cpy_work work = {map, plan->copy ? ((nx_mapping *)plan->arena)->base : NULL, order, plan->count, 0,
                      verify_crc, (uintptr_t)sysconf(_SC_PAGESIZE)};
-    if (threads < 1) {
-        threads = 1;
-    }
     if (threads > CPY_MAX_THREADS) {
         threads = CPY_MAX_THREADS;
     }

@@ -99,10 +99,23 @@ int nx_mapping_add_type(PyObject *module)
     return st->mapping_type == NULL ? -1 : 0;
 }
 
+/* New nx_mapping owning the `size` mapped bytes at `base` (unmapped here if that fails). */
+static PyObject *map_wrap(nx_state *st, PyObject *path, void *base, uint64_t size)
+{
+    nx_mapping *m = PyObject_New(nx_mapping, (PyTypeObject *)st->mapping_type);
+    if (m == NULL) {
+        munmap(base, (size_t)size);
+        return NULL;
+    }
+    m->base = base;
+    m->size = size;
+    m->path = Py_NewRef(path);
+    return (PyObject *)m;
+}
+
 PyObject *nx_mapping_open(nx_state *st, PyObject *path)
 {
     PyObject *encoded = NULL;
-    nx_mapping *m = NULL;
     PyObject *result = NULL;
     int fd = -1;
     struct stat sb;
@@ -150,15 +163,7 @@ PyObject *nx_mapping_open(nx_state *st, PyObject *path)
         map_os_error(st, path, kMapMapError, saved_errno);
         goto bail;
     }
-    m = PyObject_New(nx_mapping, (PyTypeObject *)st->mapping_type);
-    if (m == NULL) {
-        munmap(base, (size_t)sb.st_size);
-        goto bail;
-    }
-    m->base = base;
-    m->size = (uint64_t)sb.st_size;
-    m->path = Py_NewRef(path);
-    result = (PyObject *)m;
+    result = map_wrap(st, path, base, (uint64_t)sb.st_size);
 bail:
     if (fd >= 0) {
         close(fd);
@@ -170,7 +175,6 @@ bail:
 PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size)
 {
     void *base = MAP_FAILED;
-    nx_mapping *m = NULL;
     int saved_errno = 0;
 
     if (size == 0 || size > (uint64_t)PY_SSIZE_T_MAX || size > SIZE_MAX) {
@@ -190,15 +194,7 @@ PyObject *nx_mapping_anonymous(nx_state *st, PyObject *path, uint64_t size)
         map_os_error(st, path, kMapArenaError, saved_errno);
         return NULL;
     }
-    m = PyObject_New(nx_mapping, (PyTypeObject *)st->mapping_type);
-    if (m == NULL) {
-        munmap(base, (size_t)size);
-        return NULL;
-    }
-    m->base = base;
-    m->size = size;
-    m->path = Py_NewRef(path);
-    return (PyObject *)m;
+    return map_wrap(st, path, base, size);
 }
 
 void nx_mapping_trim(nx_mapping *m, uint64_t used)
