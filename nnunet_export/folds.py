@@ -1,4 +1,5 @@
-"""Model folders and folds, resolved the way nnU-Net resolves them."""
+"""Model folders and folds, resolved the way nnU-Net resolves them. The one place that decides
+what a model folder is: every reader of plans, dataset.json or checkpoints goes through here."""
 from __future__ import annotations
 
 import os
@@ -37,6 +38,11 @@ def resolve_model_dir(model_dir: Union[str, os.PathLike]) -> tuple[Path, Fold | 
             "(expected <Trainer>__<Plans>__<configuration>/ with plans.json, dataset.json and fold_X/)"
         )
     return path, None
+
+
+def fold_folders(model_dir: Path) -> list[Path]:
+    """The ``fold_X`` folders of a model folder (``fold_all`` included), sorted by name."""
+    return sorted(entry for entry in model_dir.iterdir() if _FOLD_DIR.match(entry.name) and entry.is_dir())
 
 
 def _parse_fold_name(text: str) -> Fold:

@@ -12,6 +12,11 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from ._core import CheckpointError, ExportError, ThreadGuard
+from .architectures import EnsembleModule, load_weights, prepare_for_inference
+from .architectures.build import NATIVE_BUILDER, build_for_checkpoint
+from .architectures.clone import clone_with_weights
+from .checkpoint import read_checkpoint
+from .digests import FoldDigests
 from .folds import (
     Fold,
     FoldsArg,
@@ -21,12 +26,12 @@ from .folds import (
     normalize_folds,
     resolve_model_dir,
 )
+from .model import ModelInfo, NnUNetModel
+from .model_config import read_model_config
 from .prefixes import strip_state_dict_prefixes
-from .weights import FoldDigests, check_state_dict_fits
 
 # <Trainer>__<Plans>__<configuration>, as nnU-Net names its output folders.
 _MODEL_DIR_NAME = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
-
 
 
 class FoldMismatchError(ExportError):
@@ -44,8 +49,6 @@ class FoldWeights:
 
 
 def _read_fold(model_dir: Path, fold: Fold, checkpoint_name: str, copy: bool, verify_crc: bool) -> FoldWeights:
-    from .checkpoint import read_checkpoint
-
     path = checkpoint_file(model_dir, fold, checkpoint_name)
     # Default keys: init_args without its plans copy; files older than the mirroring entry are
     # read too (nnU-Net treats a missing inference_allowed_mirroring_axes as no mirroring).
@@ -130,7 +133,7 @@ def load_complete(
     progress: Callable[[str], Any] | None = None,
     copy: bool = True,
     verify_crc: bool = True,
-):
+) -> NnUNetModel:
     """Load a trained nnU-Net model folder into one complete, ready-to-export module.
 
     Every requested fold's ``network_weights`` is read at call time through the safe C reader
@@ -179,13 +182,8 @@ def load_complete(
                                   bool(copy), bool(verify_crc))
 
 
-def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress, copy, verify_crc):
-    from .architectures import EnsembleModule, load_weights, prepare_for_inference
-    from .architectures.clone import clone_with_weights
-    from .model import ModelInfo, NnUNetModel
-    from .model_config import read_model_config
-    from .network_builder import NATIVE_BUILDER, build_for_checkpoint
-
+def _load_complete(model_dir, folds, checkpoint_name, device, configuration, progress, copy,
+                   verify_crc) -> NnUNetModel:
     say = progress or (lambda line: None)
     started = time.perf_counter()
     model_dir, fold_from_path = resolve_model_dir(model_dir)
@@ -214,18 +212,18 @@ def _load_complete(model_dir, folds, checkpoint_name, device, configuration, pro
     config = read_model_config(model_dir, first.configuration)
 
     built = build_for_checkpoint(config, first.trainer_name, first.state_dict, model_dir)
-    check_state_dict_fits(built.network.state_dict(keep_vars=True), first.state_dict, str(first.path))
     # Adopts the checkpoint's tensors without another copy.
-    load_weights(built.network, first.state_dict, strict=True)
+    load_weights(built.network, first.state_dict, strict=True, source=str(first.path))
     networks = [prepare_for_inference(built.network)]
     for fw in fold_weights[1:]:
         # The folds agree on every key, shape and dtype (checked above): the package's own
         # architectures copy fold 0's module tree; other builders build each fold.
         if built.builder == NATIVE_BUILDER:
-            networks.append(clone_with_weights(networks[0], fw.state_dict))
+            networks.append(clone_with_weights(networks[0], fw.state_dict, source=str(fw.path)))
         else:
             network = build_for_checkpoint(config, first.trainer_name, fw.state_dict, model_dir).network
-            networks.append(prepare_for_inference(load_weights(network, fw.state_dict, strict=True)))
+            networks.append(prepare_for_inference(load_weights(network, fw.state_dict, strict=True,
+                                                               source=str(fw.path))))
     if device.type != "cpu":  # the reader's tensors are always on the CPU
         networks = [network.to(device) for network in networks]
     if progress is not None:

@@ -31,8 +31,6 @@ def _config_dict(config: Any) -> dict:
 
 def build_metadata(model, *, method: str, file_format: str) -> dict:
     """The metadata document of ``model`` (an NnUNetModel) exported with ``method``."""
-    from . import __version__
-
     info = model.info
     cfg = _config_dict(info.config)
     params, nbytes = info.parameter_summary(model.network)
@@ -42,7 +40,7 @@ def build_metadata(model, *, method: str, file_format: str) -> dict:
         "format_version": METADATA_FORMAT_VERSION,
         "file_format": file_format,
         "export_method": method,
-        "nnunet_export_version": __version__,
+        "nnunet_export_version": _core.__version__,
         "torch_version": torch.__version__,
         "dataset_name": cfg.get("dataset_name"),
         "plans_name": cfg.get("plans_name"),

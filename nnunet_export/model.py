@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import html
+import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+
+from ._core import ExportError
+from .export_writer import DEFAULT_TOLERANCE, ExportReport, check_method, export_module
+from .metadata import build_metadata
+from .model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -14,13 +21,13 @@ class ModelInfo:
     """Where a loaded model came from and what it expects."""
 
     model_dir: str
-    config: Any  # nnunet_export.model_config.ModelConfig
+    config: ModelConfig
     folds: tuple
     checkpoint_name: str
     checkpoint_paths: tuple
     trainer_name: str
     mirroring_axes: Optional[tuple]
-    weights_sha256: Sequence  # tuple, or weights.FoldDigests (computed on first use)
+    weights_sha256: Sequence[str]  # a tuple, or digests.FoldDigests (computed on first use)
     scriptable: bool
     not_scriptable_reason: Optional[str]
     builder: str
@@ -75,11 +82,57 @@ class NnUNetModel(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
-    def to_torchscript(self, path, **kwargs):
-        """Export to TorchScript at ``path``; see :func:`nnunet_export.to_torchscript`."""
-        from .export import to_torchscript
+    def to_torchscript(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        method: str = "auto",
+        verify: bool = True,
+        tolerance: float = DEFAULT_TOLERANCE,
+        progress: Callable[[str], Any] | None = None,
+    ) -> ExportReport:
+        """Export to a verified TorchScript file at ``path``; see :func:`nnunet_export.to_torchscript`."""
+        say = progress or _silent
+        check_method(method)
+        self.eval()
+        chosen = self._torchscript_method(method, say)
+        return export_module(
+            self, Path(path), file_format="torchscript", method=chosen,
+            metadata=build_metadata(self, method=chosen, file_format="torchscript"),
+            inputs=verification_inputs(self.info.config, self._device()),
+            verify=verify, tolerance=tolerance, say=say,
+        )
 
-        return to_torchscript(self, path, **kwargs)
+    def to_exported_program(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        verify: bool = True,
+        tolerance: float = DEFAULT_TOLERANCE,
+        progress: Callable[[str], Any] | None = None,
+    ) -> ExportReport:
+        """Export to a verified ``torch.export`` ``.pt2`` file; see :func:`nnunet_export.to_exported_program`."""
+        self.eval()
+        # The program is exported for the patch size (static shapes): verify on that input.
+        inputs = verification_inputs(self.info.config, self._device())[:1]
+        return export_module(
+            self, Path(path), file_format="pt2", method="torch.export",
+            metadata=build_metadata(self, method="torch.export", file_format="pt2"),
+            inputs=inputs, verify=verify, tolerance=tolerance, say=progress or _silent,
+        )
+
+    def _device(self) -> torch.device:
+        return next(iter(self.parameters()), torch.empty(0)).device
+
+    def _torchscript_method(self, method: str, say: Callable[[str], Any]) -> str:
+        if method == "script" and not self.info.scriptable:
+            raise ExportError(f"method='script' is impossible: {self.info.not_scriptable_reason}")
+        if method == "auto":
+            if self.info.scriptable:
+                return "script"
+            say(f"tracing instead of scripting: {self.info.not_scriptable_reason}")
+            return "trace"
+        return method
 
     def _summary_rows(self) -> list[tuple[str, str]]:
         info = self.info
@@ -115,3 +168,23 @@ class NnUNetModel(torch.nn.Module):
             for k, v in self._summary_rows()
         )
         return f"<table><caption>NnUNetModel</caption>{cells}</table>"
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def verification_inputs(config: ModelConfig, device: torch.device) -> list[torch.Tensor]:
+    """Deterministic inputs: one of patch size and one of another stride-divisible size."""
+    patch = [int(p) for p in config.patch_size]
+    strides = config.architecture["arch_kwargs"].get("strides") or [[1] * len(patch)]
+    factor = [1] * len(patch)
+    for stride in strides:
+        stride = [stride] * len(patch) if isinstance(stride, int) else stride
+        factor = [f * int(s) for f, s in zip(factor, stride)]
+    # The smaller stride-divisible neighbour keeps verification cheap; grow when none exists.
+    other = [p - f if p - f >= f else p + f for p, f in zip(patch, factor)]
+    generator = torch.Generator().manual_seed(20240601)
+    shapes = [(1, config.num_input_channels, *patch), (1, config.num_input_channels, *other)]
+    # float32 whatever the default dtype: the networks are float32, as nnU-Net feeds them.
+    return [torch.randn(s, generator=generator, dtype=torch.float32).to(device) for s in shapes]

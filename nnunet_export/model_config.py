@@ -6,20 +6,21 @@ folder, picks the configuration, and wraps the result in :class:`ModelConfig`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from . import _core
 from ._core import PlansError
+from .checkpoint import read_checkpoint
+from .folds import fold_folders, resolve_model_dir
 
-__all__ = ["ModelConfig", "read_model_config"]
+__all__ = ["ModelConfig", "model_config_from_json", "read_model_config"]
 
 kNoConfigurationError = (
     "{model_dir}: no configuration given and {reason}; pass configuration= "
     "(for example one of: {available})"
 )
-kNoPlansError = "{model_dir}: no plans.json here (nor one level up for a fold_X folder)"
 
 # Preference order when the configuration comes from a checkpoint, as nnU-Net's predictor names them.
 _CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -99,25 +100,11 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-def _locate(model_dir: str):
-    """Returns (plans folder, list of fold folders to look for checkpoints in)."""
-    if os.path.isfile(os.path.join(model_dir, "plans.json")):
-        folds = sorted(p for p in glob.glob(os.path.join(model_dir, "fold_*")) if os.path.isdir(p))
-        return model_dir, folds
-    parent = os.path.dirname(os.path.abspath(model_dir))
-    if os.path.basename(os.path.normpath(model_dir)).startswith("fold_") and os.path.isfile(
-        os.path.join(parent, "plans.json")
-    ):
-        return parent, [model_dir]
-    raise PlansError(kNoPlansError.format(model_dir=model_dir))
-
-
-def _find_checkpoint(folds: List[str]) -> Optional[str]:
+def _find_checkpoint(folds: List[Path]) -> Optional[Path]:
     for name in _CHECKPOINT_NAMES:
         for fold in folds:
-            path = os.path.join(fold, name)
-            if os.path.isfile(path):
-                return path
+            if (fold / name).is_file():
+                return fold / name
     return None
 
 
@@ -130,24 +117,13 @@ def _available_configurations(plans_path: str) -> str:
         return "see plans.json"
 
 
-def _configuration_from_checkpoint(model_dir: str, folds: List[str], plans_path: str) -> str:
-    """The configuration the checkpoint was trained with (init_args.configuration).
-
-    Seam for the integrator: uses ``nnunet_export.read_checkpoint`` (the safe checkpoint reader)
-    when the package provides it; until then a configuration must be given explicitly.
-    """
+def _configuration_from_checkpoint(model_dir: str, folds: List[Path], plans_path: Path) -> str:
+    """The configuration the checkpoint was trained with (init_args.configuration), read safely."""
     available = _available_configurations(plans_path)
     checkpoint = _find_checkpoint(folds)
     if checkpoint is None:
         reason = "no fold_*/checkpoint_final.pth or checkpoint_best.pth to take it from"
         raise PlansError(kNoConfigurationError.format(model_dir=model_dir, reason=reason, available=available))
-    try:
-        from . import read_checkpoint  # imported lazily: built concurrently, may not exist yet
-    except ImportError:
-        reason = f"this build cannot read {checkpoint} yet (nnunet_export.read_checkpoint is missing)"
-        raise PlansError(
-            kNoConfigurationError.format(model_dir=model_dir, reason=reason, available=available)
-        ) from None
     configuration = read_checkpoint(checkpoint, keys=["init_args"])["init_args"]["configuration"]
     if not isinstance(configuration, str):
         raise PlansError(f"{checkpoint}: init_args.configuration is not a string: {configuration!r}")
@@ -168,7 +144,9 @@ def read_model_config(model_dir: Union[str, os.PathLike], configuration: Optiona
         A frozen :class:`ModelConfig`; ``to_dict()`` gives its JSON-ready dict.
 
     Raises:
-        PlansError: a file is missing, not JSON (message with line:column), lacks a key or has a
+        ModelFolderError: ``model_dir`` does not exist or holds no plans.json (nor does its
+            parent, for a ``fold_X`` folder).
+        PlansError: dataset.json is missing, a file is not JSON (message with line:column), lacks a key or has a
             wrong value (message names the file and the key path), the configuration is unknown
             (message lists the available ones) or none was given and none can be found.
 
@@ -196,12 +174,33 @@ def read_model_config(model_dir: Union[str, os.PathLike], configuration: Optiona
         >>> cfg.num_input_channels, cfg.num_output_channels, cfg.patch_size
         (1, 2, [64, 64])
     """
-    model_dir = os.fspath(model_dir)
-    plans_dir, folds = _locate(model_dir)
-    plans_path = os.path.join(plans_dir, "plans.json")
-    dataset_path = os.path.join(plans_dir, "dataset.json")
+    plans_dir, fold_from_path = resolve_model_dir(model_dir)
+    folds = [plans_dir / f"fold_{fold_from_path}"] if fold_from_path is not None else fold_folders(plans_dir)
+    plans_path = plans_dir / "plans.json"
     if configuration is None:
-        configuration = _configuration_from_checkpoint(model_dir, folds, plans_path)
+        configuration = _configuration_from_checkpoint(os.fspath(model_dir), folds, plans_path)
+    _check_configuration_type(configuration)
+    return ModelConfig(**_core.read_plans(os.fspath(plans_path), os.fspath(plans_dir / "dataset.json"), configuration))
+
+
+def _check_configuration_type(configuration: Any) -> None:
     if not isinstance(configuration, str):
         raise TypeError(f"configuration must be a str or None, not {type(configuration).__name__}")
-    return ModelConfig(**_core.read_plans(plans_path, dataset_path, configuration))
+
+
+def model_config_from_json(plans: bytes, dataset: bytes, configuration: str, *, source: str) -> ModelConfig:
+    """A ModelConfig from plans and dataset JSON documents held in memory (e.g. a predictor's
+    ``plans_manager.plans``), checked exactly as files of a model folder are.
+
+    Args:
+        plans: the plans document as JSON bytes.
+        dataset: the dataset.json document as JSON bytes.
+        configuration: configuration name in the plans.
+        source: what holds the documents, named in error messages instead of a file path.
+
+    Raises:
+        PlansError: as :func:`read_model_config`, naming ``source``.
+    """
+    _check_configuration_type(configuration)
+    return ModelConfig(**_core.read_plans(plans, dataset, configuration,
+                                          plans_source=f"{source} plans", dataset_source=f"{source} dataset.json"))

@@ -9,9 +9,11 @@ when it raises and puts fold 0's weights back afterwards. Predictions are unchan
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import inspect
 import json
 import os
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,13 @@ from typing import Iterator
 import torch
 
 from ._core import ExportError, ThreadGuard
+from .architectures import EnsembleModule
+from .architectures.weights import checked_weights
+from .digests import weights_sha256
+from .loading import load_complete
+from .model import ModelInfo, NnUNetModel, attach_info
+from .model_config import ModelConfig, model_config_from_json
+from .prefixes import strip_state_dict_prefixes, unwrap_module
 
 # The nnunetv2 releases whose predictor API this patch accepts (from 2.5.2, which loads fold 0 at
 # initialise, to 2.8.1); the method names and signatures below are checked too. The test suite
@@ -58,8 +67,6 @@ def _predictor_class():
             f"nnunetv2 {version} is outside the versions patch_nnunet supports "
             f"({TESTED_NNUNET_VERSIONS[0]} to {TESTED_NNUNET_VERSIONS[1]}); nothing was patched"
         )
-    import inspect
-
     for name, expected in _EXPECTED_PARAMETERS.items():
         method = _originals.get(name) or getattr(nnUNetPredictor, name, None)
         if method is None or tuple(inspect.signature(method).parameters)[: len(expected)] != expected:
@@ -70,38 +77,25 @@ def _predictor_class():
     return nnUNetPredictor
 
 
-def _inner(network: torch.nn.Module) -> torch.nn.Module:
-    from .prefixes import unwrap_module
-
-    return unwrap_module(network)
-
-
 def _put_back_fold_zero(predictor) -> None:
     params = getattr(predictor, "list_of_parameters", None)
     network = getattr(predictor, "network", None)
     if params and network is not None:
         with torch.no_grad():
-            _inner(network).load_state_dict(params[0])
+            unwrap_module(network).load_state_dict(params[0])
         network.eval()
 
 
 def _initialize_from_trained_model_folder(self, model_training_output_dir, use_folds,
                                           checkpoint_name="checkpoint_final.pth"):
-    from .loading import load_complete
-
     model = load_complete(model_training_output_dir, folds=use_folds, checkpoint_name=checkpoint_name)
     _install(self, model)
 
 
-def _install(predictor, model) -> None:
+def _install(predictor, model: NnUNetModel) -> None:
     """Sets a predictor's attributes from a loaded NnUNetModel, as nnU-Net's initialise would."""
-    import copy
-    import dataclasses
-
+    # nnunetv2 is optional: only a patched predictor, which exists only with nnunetv2, gets here.
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from .architectures import EnsembleModule
-    from .model import attach_info
 
     info = model.info
     model_dir = Path(info.model_dir)
@@ -126,21 +120,17 @@ def _install(predictor, model) -> None:
         predictor.network = torch.compile(network)
 
 
-def _config_from_predictor(predictor):
+def _config_from_predictor(predictor) -> ModelConfig:
     """ModelConfig of a predictor set up without a model folder (manual_initialization)."""
-    from .model_config import read_model_config
-
     plans = predictor.plans_manager.plans
     wanted = predictor.configuration_manager.configuration
     names = [n for n in plans["configurations"]
              if predictor.plans_manager.get_configuration(n).configuration == wanted]
     if not names:
         raise ExportError("predictor.configuration_manager matches no configuration of its plans")
-    with tempfile.TemporaryDirectory() as folder:
-        # The C reader validates exactly the JSON nnU-Net would read from a model folder.
-        Path(folder, "plans.json").write_text(json.dumps(plans))
-        Path(folder, "dataset.json").write_text(json.dumps(predictor.dataset_json))
-        return read_model_config(folder, names[0])
+    # The C reader validates exactly the JSON nnU-Net would read from a model folder.
+    return model_config_from_json(json.dumps(plans).encode(), json.dumps(predictor.dataset_json).encode(),
+                                  names[0], source="the predictor's")
 
 
 def complete(predictor) -> torch.nn.Module:
@@ -156,10 +146,6 @@ def complete(predictor) -> torch.nn.Module:
         ExportError: the predictor holds no network or no weights.
         WeightsMismatchError: the weights do not fit the network (keys listed).
     """
-    from .model import ModelInfo, attach_info
-    from .prefixes import strip_state_dict_prefixes
-    from .weights import check_state_dict_fits, weights_sha256
-
     network = getattr(predictor, "network", None)
     params = getattr(predictor, "list_of_parameters", None)
     if network is None:
@@ -167,9 +153,9 @@ def complete(predictor) -> torch.nn.Module:
     if not params:
         raise ExportError("the predictor holds no weights (list_of_parameters is empty): "
                           "pass parameters to manual_initialization or use initialize_from_trained_model_folder")
-    inner = _inner(network)
+    inner = unwrap_module(network)
     state_dict = strip_state_dict_prefixes(params[0])
-    check_state_dict_fits(inner.state_dict(), state_dict, "predictor.list_of_parameters[0]")
+    checked_weights(inner.state_dict(keep_vars=True), state_dict, source="predictor.list_of_parameters[0]")
     with torch.no_grad():
         inner.load_state_dict(state_dict, strict=True)
     inner.eval()

@@ -14,7 +14,7 @@ from nnunet_export import WeightsMismatchError
 from nnunet_export.architectures import load_weights, prepare_for_inference
 from nnunet_export.architectures.clone import clone_with_weights
 from nnunet_export.model_config import read_model_config
-from nnunet_export.network_builder import build_for_checkpoint
+from nnunet_export.architectures.build import build_for_checkpoint
 
 
 def _fold_weights(fixture, fold):

@@ -23,6 +23,7 @@ from nnunet_export import (
     to_torchscript,
 )
 from nnunet_export.metadata import METADATA_NAME
+from nnunet_export.model import verification_inputs
 from nnunet_fixtures import get_fixture
 
 PREVIOUS = b"a previous export, which a failed export must not touch\n"
@@ -128,9 +129,10 @@ def test_exported_program_output_mismatch(model, tmp_path, monkeypatch, existing
     monkeypatch.setattr(torch.export, "load", lambda *a, **k: _FakeProgram(real_load(*a, **k), SHIFT, None))
     with pytest.raises(VerificationError) as info:
         to_exported_program(model, path)
+    shape = tuple(verification_inputs(model.info.config, torch.device("cpu"))[0].shape)
     assert str(info.value) == (
-        f"{path}: the exported program differs from the eager module by {SHIFT:.3g} (> 1e-06); "
-        "no file was written"
+        f"{path}: the exported program differs from the eager module by {SHIFT:.3g} (> 1e-06) on an "
+        f"input of shape {shape}; no file was written"
     )
     _assert_untouched(tmp_path, path, existing)
 

@@ -60,7 +60,7 @@ def _expected_mismatch(model_dir: Path, configuration: str, checkpoint: Path) ->
     weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
-    shaped = [f"{k} {tuple(weights[k].shape)} != {tuple(expected[k].shape)}"
+    shaped = [f"{k} has {tuple(weights[k].shape)}, expected {tuple(expected[k].shape)}"
               for k in expected if k in weights and weights[k].shape != expected[k].shape]
     parts = []
     for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -69,7 +69,7 @@ def _expected_mismatch(model_dir: Path, configuration: str, checkpoint: Path) ->
             more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
             parts.append(f"{len(keys)} {title}: {', '.join(keys[:5])}{more}")
     assert parts, "the edit did not change the network"
-    return f"the weights in {checkpoint} do not fit the network built from the plans: " + "; ".join(parts)
+    return f"the weights in {checkpoint} do not fit the network: " + "; ".join(parts)
 
 
 def _raises_exactly(error, message, call):

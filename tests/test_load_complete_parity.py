@@ -262,7 +262,7 @@ def test_sha256_changes_when_one_weight_changes(nnunet_fixture, tmp_path):
 
 
 def test_weights_sha256_ignores_key_order_layout_and_workers(nnunet_fixture):
-    from nnunet_export.weights import weights_sha256
+    from nnunet_export.digests import weights_sha256
 
     weights = nnunet_export.read_checkpoint(nnunet_fixture("3d_fullres").model_dir / "fold_0" / FINAL,
                                             ["network_weights"])["network_weights"]

@@ -78,7 +78,7 @@ def test_fold_folder_is_accepted(tmp_path):
 
 
 def test_configuration_defaults_to_the_checkpoints(tmp_path, monkeypatch):
-    # The seam the integrator wires to the safe checkpoint reader.
+    # read_model_config takes the configuration from the safe checkpoint reader.
     _, plans, dataset = VARIANTS[0]
     model_dir = write_model(tmp_path / "m", plans, dataset)
     os.makedirs(os.path.join(model_dir, "fold_1"))
@@ -88,10 +88,10 @@ def test_configuration_defaults_to_the_checkpoints(tmp_path, monkeypatch):
     calls = []
 
     def fake_read_checkpoint(path, keys):
-        calls.append((path, keys))
+        calls.append((os.fspath(path), keys))
         return {"init_args": {"configuration": "3d_lowres"}}
 
-    monkeypatch.setattr(nnunet_export, "read_checkpoint", fake_read_checkpoint, raising=False)
+    monkeypatch.setattr(nnunet_export.model_config, "read_checkpoint", fake_read_checkpoint)
     assert nnunet_export.read_model_config(model_dir).configuration == "3d_lowres"
     # checkpoint_final.pth wins over checkpoint_best.pth, as nnU-Net's default checkpoint_name.
     assert calls == [(os.path.join(model_dir, "fold_1", "checkpoint_final.pth"), ["init_args"])]

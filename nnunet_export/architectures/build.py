@@ -1,18 +1,27 @@
-"""Build a network from plans' ``architecture`` block, load weights, prepare for inference."""
+"""Build the network a model's plans describe: the package's own scriptable architectures
+(PlainConvUNet, ResidualEncoderUNet) when the plans name one, nnU-Net's trainer as a fallback
+for everything else. Weights go in through :mod:`.weights`."""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
 import torch
 from torch import nn
 
-from .._core import PlansError, WeightsMismatchError
+from .._core import PlansError
 from .blocks import BasicBlockD, BottleneckD
-from .decoder import UNetDecoder, deep_supervision_enabled
 from .errors import UnsupportedArchitectureError
 from .ops import CONV_OPS, DROPOUT_OPS, NONLINS, NORM_OPS, conv_dim, resolve_block, resolve_op, validate_op_kwargs
 from .plain_unet import PlainConvUNet
 from .residual_unet import ResidualEncoderUNet
 
-__all__ = ["build_network", "load_weights", "prepare_for_inference", "NETWORK_CLASS_NAMES"]
+__all__ = ["BuiltNetwork", "NATIVE_BUILDER", "NETWORK_CLASS_NAMES", "build_for_checkpoint", "build_network"]
 
 kUnsupportedClassError = "network_class_name {name!r} is not supported; allowed: {allowed}"
 kUnknownKwargError = "arch_kwargs[{key!r}] is not an argument of {cls}; allowed: {allowed}"
@@ -21,15 +30,6 @@ kNotIntError = "{what} must be an integer >= {minimum}, got {value!r}"
 kNotBoolError = "arch_kwargs[{key!r}] must be true or false, got {value!r}"
 kBadLengthError = "arch_kwargs[{key!r}] must be an integer or a list of {n} entries ({per}), got {value!r}"
 kDimMismatchError = "arch_kwargs['norm_op'] = {norm!r} is {norm_dim}d but conv_op {conv!r} is {conv_dim}d"
-kMissingWeightsError = "state dict does not fit the network: {n} missing key(s), e.g. {keys}"
-kUnexpectedWeightsError = "state dict does not fit the network: {n} unexpected key(s), e.g. {keys}"
-kShapeMismatchError = "state dict entry {key!r} has shape {got}, the network expects {want}"
-kNotTensorError = "state dict entry {key!r} is a {kind}, not a tensor"
-kAliasMismatchError = (
-    "state dict entries {a!r} and {b!r} name the same tensor in the network but hold different values"
-)
-kStillMetaError = "after loading, {n} tensor(s) have no data (not in the state dict), e.g. {keys}"
-
 _DNA_ARCH = "dynamic_network_architectures.architectures"
 # Full names as nnU-Net writes them, plus the legacy `residual_unet` path that nnU-Net's old-plans
 # conversion still emits (nnU-Net recovers it by searching dna for the bare class name) and the
@@ -233,115 +233,152 @@ def build_network(
     return net
 
 
-def _describe(keys: List[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (", ..." if len(keys) > limit else "")
+# Trainers shipped with nnU-Net whose build_network_architecture only reads the plans.
+# Everything else is checked against nnU-Net's class when nnunetv2 is importable.
+_PLANS_ONLY_TRAINER = re.compile(r"nnUNetTrainer(_\d+epochs?)?")
+_BATCHNORM_TRAINERS = ("nnUNetTrainerBN",)
+
+_BATCHNORM_FOR_CONV = {
+    "torch.nn.modules.conv.Conv1d": "torch.nn.modules.batchnorm.BatchNorm1d",
+    "torch.nn.modules.conv.Conv2d": "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.conv.Conv3d": "torch.nn.modules.batchnorm.BatchNorm3d",
+}
 
 
-def checked_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any],
-                    strict: bool = True) -> Dict[str, torch.Tensor]:
-    """The entries of ``state_dict`` to write into a network whose ``state_dict(keep_vars=True)``
-    is ``own``: one key per underlying tensor (dna's state dict names every encoder weight
-    four times), after checking keys, shapes and that aliases carry equal values.
+#: BuiltNetwork.builder of the package's own (scriptable) architectures.
+NATIVE_BUILDER = "nnunet_export"
 
-    Raises:
-        WeightsMismatchError: as :func:`load_weights`.
+
+@dataclass(frozen=True)
+class BuiltNetwork:
+    network: torch.nn.Module
+    scriptable: bool
+    builder: str  # "nnunet_export" or "nnunetv2 <Trainer>.build_network_architecture"
+    not_scriptable_reason: str | None = None
+
+
+def _weights_have_batchnorm(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(key.endswith(".running_mean") for key in state_dict)
+
+
+def _is_plans_only_trainer(trainer_name: str) -> bool:
+    # nnUNetTrainer_250epochs, nnUNetTrainer_1epoch ... change the schedule only.
+    return trainer_name in _BATCHNORM_TRAINERS or _PLANS_ONLY_TRAINER.fullmatch(trainer_name) is not None
+
+
+def _trainer_class(trainer_name: str):
+    """nnU-Net's trainer class, or None when nnunetv2 or the trainer is not importable."""
+    # nnunetv2 is an optional dependency (the [nnunet] extra) and slow to import: the functions
+    # that ask nnU-Net's own code import it when they run, never at package import.
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    except ImportError:
+        return None
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except (RuntimeError, ImportError):
+        return None
+
+
+def _uses_default_build(trainer_cls) -> bool:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    return getattr(trainer_cls.build_network_architecture, "__func__", trainer_cls.build_network_architecture) is \
+        getattr(nnUNetTrainer.build_network_architecture, "__func__", nnUNetTrainer.build_network_architecture)
+
+
+def native_arch_kwargs(arch_kwargs: Mapping[str, Any], trainer_name: str,
+                       state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The plans' arch_kwargs with the normalisation the weights were trained with.
+
+    nnUNetTrainerBN keeps InstanceNorm in its plans and swaps in BatchNorm when it builds the
+    network; its running statistics in the weights are the evidence we follow.
     """
-    if strict:
-        missing = [k for k in own if k not in state_dict]
-        if missing:
-            raise WeightsMismatchError(kMissingWeightsError.format(n=len(missing), keys=_describe(missing)))
-        unexpected = [k for k in state_dict if k not in own]
-        if unexpected:
-            raise WeightsMismatchError(kUnexpectedWeightsError.format(n=len(unexpected), keys=_describe(unexpected)))
-    first_key_of: Dict[int, str] = {}
-    for key, target in own.items():
-        if key not in state_dict:
-            continue
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            raise WeightsMismatchError(kNotTensorError.format(key=key, kind=type(value).__name__))
-        if value.shape != target.shape:
-            raise WeightsMismatchError(
-                kShapeMismatchError.format(key=key, got=tuple(value.shape), want=tuple(target.shape))
-            )
-        # Aliases are one tensor here; loading different values into them would silently keep
-        # whichever came last, so refuse. Views of one storage (what dna checkpoints hold) pass
-        # without comparing data.
-        first = first_key_of.setdefault(id(target), key)
-        if first != key:
-            ref = state_dict[first]
-            same_view = (
-                ref.device == value.device and ref.dtype == value.dtype and ref.stride() == value.stride()
-                and ref.data_ptr() == value.data_ptr()
-            )
-            if not same_view and not torch.equal(ref, value.to(ref.device, ref.dtype)):
-                raise WeightsMismatchError(kAliasMismatchError.format(a=first, b=key))
-    return {key: state_dict[key] for key in own if key in state_dict and first_key_of[id(own[key])] == key}
+    kwargs = copy.deepcopy(dict(arch_kwargs))
+    if trainer_name in _BATCHNORM_TRAINERS or _weights_have_batchnorm(state_dict):
+        conv_op = kwargs.get("conv_op")
+        if conv_op in _BATCHNORM_FOR_CONV and "instancenorm" in str(kwargs.get("norm_op", "")).lower():
+            kwargs["norm_op"] = _BATCHNORM_FOR_CONV[conv_op]
+            kwargs["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
+    return kwargs
 
 
-def load_weights(module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True) -> nn.Module:
-    """Load a dynamic-network-architectures state dict (e.g. ``checkpoint['network_weights']``).
-
-    Before anything is written, the keys and shapes are checked, and every group of alias keys
-    (``...conv.weight`` / ``...all_modules.0.weight`` / ``decoder.encoder.*``, which are one
-    tensor in the network) must carry equal values; each tensor is then written once. If the
-    network lives on the meta device (``build_network(..., device="meta")``) the state dict's
-    tensors are adopted without a copy (``assign=True``, so the network then shares memory with
-    ``state_dict``); otherwise they are copied into the network's own storage.
-
-    Args:
-        module: a network from :func:`build_network` (or any module).
-        state_dict: mapping of key -> tensor, keys exactly as dna's ``state_dict()`` (no
-            ``module.`` / ``_orig_mod.`` prefixes).
-        strict: require the key sets to be equal.
-
-    Returns:
-        ``module``, for chaining.
-
-    Raises:
-        WeightsMismatchError: missing or unexpected keys (strict), a shape mismatch, a value that
-            is not a tensor, inconsistent aliases, or tensors left without data.
-    """
-    own = module.state_dict(keep_vars=True)
-    once = checked_weights(own, state_dict, strict)
-    on_meta = any(t.is_meta for t in own.values())
-    module.load_state_dict(once, strict=False, assign=on_meta)
-    if on_meta:
-        left = [k for k, t in module.state_dict(keep_vars=True).items() if t.is_meta]
-        if left:
-            raise WeightsMismatchError(kStillMetaError.format(n=len(left), keys=_describe(left)))
-    return module
-
-
-def prepare_for_inference(module: nn.Module) -> nn.Module:
-    """Switch a network (or an ensemble of them) to inference: eval mode, no gradients, no deep supervision.
-
-    Call it before ``torch.jit.script``: under TorchScript, deep supervision is compiled in as
-    a constant and cannot be switched off afterwards.
-
-    Args:
-        module: a network from :func:`build_network`, an :class:`EnsembleModule`, or any module
-            containing them.
-
-    Returns:
-        ``module``, for chaining.
-
-    Raises:
-        ValueError: ``module`` contains a scripted network compiled with deep supervision on.
-
-    Example:
-        >>> net = prepare_for_inference(net)  # doctest: +SKIP
-        >>> scripted = torch.jit.script(net)  # doctest: +SKIP
-    """
-    for m in module.modules():
-        if isinstance(m, UNetDecoder):
-            m.deep_supervision = False
-    if deep_supervision_enabled(module):  # only a scripted decoder can still have it on
-        raise ValueError(
-            "a scripted network was compiled with deep supervision on; call prepare_for_inference "
-            "before torch.jit.script"
+def build_for_checkpoint(config, trainer_name: str, state_dict: Mapping[str, torch.Tensor],
+                         model_dir: Path) -> BuiltNetwork:
+    """Builds the (uninitialised) network for ``state_dict`` from the resolved model config."""
+    arch = config.architecture
+    class_name = arch["network_class_name"]
+    native_class = class_name in NETWORK_CLASS_NAMES
+    trainer_known = _is_plans_only_trainer(trainer_name)
+    trainer_cls = None
+    if native_class and not trainer_known:
+        trainer_cls = _trainer_class(trainer_name)
+        if trainer_cls is not None and _uses_default_build(trainer_cls):
+            trainer_known = True
+    if native_class and (trainer_known or trainer_cls is None):
+        # An unknown trainer that nnU-Net cannot tell us about: build from the plans; the strict
+        # key and shape check still refuses weights of a different structure.
+        network = build_network(
+            class_name,
+            native_arch_kwargs(arch["arch_kwargs"], trainer_name, state_dict),
+            config.num_input_channels,
+            config.num_output_channels,
+            device="meta",  # no memory, no random init: the checkpoint's tensors are adopted
         )
-    module.eval()
-    module.requires_grad_(False)
-    return module
+        return BuiltNetwork(network, True, NATIVE_BUILDER)
+    if trainer_cls is None:
+        trainer_cls = _trainer_class(trainer_name)
+    if trainer_cls is None:
+        raise UnsupportedArchitectureError(
+            f"network class {class_name!r} (trainer {trainer_name!r}) is not one nnunet_export "
+            "implements (PlainConvUNet, ResidualEncoderUNet); to build it with the trainer's own "
+            "code install nnunetv2 ('pip install nnunet_export[nnunet]') and make the trainer "
+            "importable (nnunetv2.training.nnUNetTrainer or $nnUNet_extTrainer)"
+        )
+    try:
+        network = _build_with_trainer(trainer_cls, config, model_dir)
+    except Exception as error:  # nnU-Net's or the trainer's code: any failure means "cannot build"
+        raise UnsupportedArchitectureError(
+            f"{trainer_name}.build_network_architecture could not build network class {class_name!r}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(network, torch.nn.Module):
+        raise UnsupportedArchitectureError(
+            f"{trainer_name}.build_network_architecture returned a {type(network).__name__}, not a "
+            "torch.nn.Module"
+        )
+    # A trainer may ignore enable_deep_supervision=False; dna's decoders then still return a list.
+    for module in network.modules():
+        if isinstance(getattr(module, "deep_supervision", None), bool):
+            module.deep_supervision = False
+    reason = (
+        f"built by {trainer_name}.build_network_architecture (network class {class_name}); "
+        "nnunet_export's scriptable implementations cover PlainConvUNet and ResidualEncoderUNet "
+        "with plans-defined networks only"
+    )
+    return BuiltNetwork(network, False, f"nnunetv2 {trainer_name}.build_network_architecture", reason)
+
+
+def _build_with_trainer(trainer_cls, config, model_dir: Path) -> torch.nn.Module:
+    """Calls the trainer's static build_network_architecture with whichever signature it has."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    # nnU-Net's own classes take the raw JSON; the C reader has already validated both files.
+    plans = json.loads((model_dir / "plans.json").read_text())
+    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(config.configuration)
+    build = trainer_cls.build_network_architecture
+    params = inspect.signature(build).parameters
+    if "plans_manager" in params and "dataset_json" in params:  # nnU-Net 2.2
+        return build(plans_manager, dataset_json, configuration_manager,
+                     config.num_input_channels, enable_deep_supervision=False)
+    if "plans_manager" in params:  # 2.7+
+        return build(plans_manager, configuration_manager, config.num_input_channels,
+                     config.num_output_channels, enable_deep_supervision=False)
+    return build(  # 2.3 - 2.6
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        config.num_input_channels, config.num_output_channels, enable_deep_supervision=False,
+    )

@@ -13,12 +13,12 @@ from typing import Any, Dict, Mapping
 import torch
 from torch import nn
 
-from .build import checked_weights
+from .weights import DEFAULT_SOURCE, checked_weights
 
 __all__ = ["clone_with_weights"]
 
 
-def clone_with_weights(template: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+def clone_with_weights(template: nn.Module, state_dict: Mapping[str, Any], source: str = DEFAULT_SOURCE) -> nn.Module:
     """A network like ``template`` holding ``state_dict``'s tensors instead of its own.
 
     The copy has new module objects of the same classes with the same settings, training flags
@@ -31,6 +31,7 @@ def clone_with_weights(template: nn.Module, state_dict: Mapping[str, Any]) -> nn
     Args:
         template: a loaded network (e.g. fold 0's, after :func:`prepare_for_inference`).
         state_dict: another fold's weights, keys exactly as ``template.state_dict()``.
+        source: where the weights came from, named in error messages.
 
     Returns:
         The new network; ``template`` is unchanged.
@@ -44,7 +45,7 @@ def clone_with_weights(template: nn.Module, state_dict: Mapping[str, Any]) -> nn
     """
     own = template.state_dict(keep_vars=True)
     replacements: Dict[int, torch.Tensor] = {}
-    for key, value in checked_weights(own, state_dict, strict=True).items():
+    for key, value in checked_weights(own, state_dict, strict=True, source=source).items():
         old = own[key]
         if isinstance(old, nn.Parameter):
             value = nn.Parameter(value, requires_grad=old.requires_grad)

@@ -1,51 +1,11 @@
-"""Checks a fold's state dict against the network it must fill, and fingerprints it."""
+"""Fingerprints of a fold's weights: the SHA-256 stored in every export's metadata."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
 import torch
-
-from ._core import WeightsMismatchError
-
-_SHOW = 5  # keys listed per category in an error message; the rest are counted
-
-
-def _listing(title: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOW])
-    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return f"{len(keys)} {title}: {shown}{more}"
-
-
-def check_state_dict_fits(
-    expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], source: str
-) -> None:
-    """Raises WeightsMismatchError listing missing, unexpected and mis-shaped keys, if any.
-
-    ``expected`` is the network's own state dict; ``source`` names where the weights came from.
-    """
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mis_shaped:
-        parts = [
-            _listing(title, keys)
-            for title, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("keys with the wrong shape", mis_shaped),
-            )
-            if keys
-        ]
-        raise WeightsMismatchError(
-            f"the weights in {source} do not fit the network built from the plans: "
-            + "; ".join(parts)
-        )
-
 
 # Tensors at least this large are hashed on worker threads (hashlib releases the GIL while it
 # hashes); smaller ones are not worth a hand-off.
@@ -85,8 +45,6 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor], max_workers: int = 1)
     values: dict[tuple, str] = {}
     big = [v for v, t in unique.items() if t.numel() * t.element_size() >= _PARALLEL_BYTES]
     if max_workers > 1 and len(big) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=min(max_workers, len(big))) as pool:
             values.update(zip(big, pool.map(lambda v: _sha256_hex(_tensor_bytes(unique[v])), big)))
     for view, tensor in unique.items():
