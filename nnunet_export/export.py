@@ -13,20 +13,25 @@ from .atomic_write import check_output_path
 from .export_writer import DEFAULT_TOLERANCE, ExportReport, VerificationError, check_method
 from .loading import load_complete
 from .model import NnUNetModel, attached_info
+from .pipeline import Pipeline
 from .prefixes import unwrap_module
 
 __all__ = ["DEFAULT_TOLERANCE", "ExportReport", "VerificationError", "to_exported_program", "to_torchscript"]
 
 
-def _as_model(module_or_model_dir, load_kwargs: dict, caller: str):
-    if isinstance(module_or_model_dir, (str, os.PathLike)):
-        return load_complete(module_or_model_dir, **load_kwargs)
+def _refuse_load_kwargs(load_kwargs: dict, caller: str) -> None:
     ignored = sorted(set(load_kwargs) - {"num_threads"})
     if ignored:  # silently exporting other folds than asked for would be worse than failing
         raise ExportError(
             f"{caller} got a loaded module and load_complete arguments {ignored}; those apply "
             "only to a model folder: pass them to load_complete instead"
         )
+
+
+def _as_model(module_or_model_dir, load_kwargs: dict, caller: str) -> NnUNetModel:
+    if isinstance(module_or_model_dir, (str, os.PathLike)):
+        return load_complete(module_or_model_dir, **load_kwargs)
+    _refuse_load_kwargs(load_kwargs, caller)
     module = unwrap_module(module_or_model_dir)
     if isinstance(module, NnUNetModel):
         return module
@@ -60,8 +65,9 @@ def to_torchscript(
 
     Args:
         module_or_model_dir: the module ``load_complete`` returned (also inside a
-            ``torch.compile``/DDP wrapper), or a model folder (``load_kwargs`` go to
-            ``load_complete``: folds, checkpoint_name, device, configuration, num_threads).
+            ``torch.compile``/DDP wrapper), a :class:`Pipeline` (``model.pipeline()``: the whole
+            prediction, scripted, verified on a small volume), or a model folder (``load_kwargs``
+            go to ``load_complete``: folds, checkpoint_name, device, configuration, num_threads).
         path: the output file (``.pt``).
         method: ``"auto"`` scripts the package's own architectures and traces the rest;
             ``"script"`` or ``"trace"`` force one.
@@ -82,6 +88,12 @@ def to_torchscript(
     """
     check_method(method)  # before minutes of loading
     check_output_path(Path(path))
+    if isinstance(module_or_model_dir, Pipeline):
+        _refuse_load_kwargs(load_kwargs, "to_torchscript")
+        if method == "trace":
+            raise ExportError("a Pipeline is exported by scripting only (its loops depend on the input shape)")
+        with ThreadGuard(load_kwargs.get("num_threads")):
+            return module_or_model_dir.to_torchscript(path, verify=verify, tolerance=tolerance, progress=progress)
     with ThreadGuard(load_kwargs.get("num_threads")):
         model = _as_model(module_or_model_dir, load_kwargs, "to_torchscript")
         return model.to_torchscript(path, method=method, verify=verify, tolerance=tolerance, progress=progress)

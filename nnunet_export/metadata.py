@@ -29,13 +29,25 @@ def _config_dict(config: Any) -> dict:
     return dict(config)
 
 
-def build_metadata(model, *, method: str, file_format: str) -> dict:
-    """The metadata document of ``model`` (an NnUNetModel) exported with ``method``."""
-    info = model.info
+def build_metadata(info, network: torch.nn.Module, *, method: str, file_format: str,
+                   pipeline: dict | None = None) -> dict:
+    """The metadata document of a model (``info``: its ModelInfo, ``network``: what holds its
+    weights) exported with ``method``; ``pipeline`` holds a Pipeline's settings when the file is
+    a whole prediction pipeline rather than the network."""
     cfg = _config_dict(info.config)
-    params, nbytes = info.parameter_summary(model.network)
+    params, nbytes = info.parameter_summary(network)
     spatial = len(cfg["patch_size"])
-    return {
+    axes = ", ".join("XYZ"[i] if spatial == 3 else "XY"[i] for i in range(spatial))
+    if pipeline is None:
+        input_layout = ("N, C, " + axes + " (float32, preprocessed as the plans say: transpose_forward, "
+                        "resampling to spacing, normalization_schemes)")
+        output_layout = "N, num_output_channels, same spatial size: logits " + (
+            "(sigmoid per region, regions_class_order)" if cfg.get("has_regions") else "(softmax/argmax over labels)")
+    else:
+        volume = "X, Y, Z" if spatial == 3 else "slices, X, Y"
+        input_layout = f"C, {volume}: one preprocessed volume (float32), as predict_logits_from_preprocessed_data takes it"
+        output_layout = f"num_output_channels, {volume}: fp16 logits of the fold ensemble, as nnUNetPredictor returns them"
+    document = {
         "format": "nnunet_export",
         "format_version": METADATA_FORMAT_VERSION,
         "file_format": file_format,
@@ -52,14 +64,14 @@ def build_metadata(model, *, method: str, file_format: str) -> dict:
         "ensemble": "mean of fold logits" if len(info.folds) > 1 else None,
         "parameters": params,
         "weight_bytes": nbytes,
-        "input_layout": "N, C, " + ", ".join("XYZ"[i] if spatial == 3 else "XY"[i] for i in range(spatial))
-        + " (float32, preprocessed as the plans say: transpose_forward, resampling to spacing, "
-        "normalization_schemes)",
-        "output_layout": "N, num_output_channels, same spatial size: logits "
-        + ("(sigmoid per region, regions_class_order)" if cfg.get("has_regions") else "(softmax/argmax over labels)"),
+        "input_layout": input_layout,
+        "output_layout": output_layout,
         "mirroring_axes": list(info.mirroring_axes) if info.mirroring_axes is not None else None,
         "model_config": cfg,
     }
+    if pipeline is not None:
+        document["pipeline"] = pipeline
+    return document
 
 
 def metadata_json(metadata: dict) -> bytes:

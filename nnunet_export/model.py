@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import html
 import os
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -14,53 +12,12 @@ from ._core import ExportError
 from .export_writer import DEFAULT_TOLERANCE, ExportReport, check_method, export_module
 from .metadata import build_metadata
 from .model_config import ModelConfig
+from .model_info import ModelInfo, attach_info, attached_info
+from .pipeline import Pipeline, build_pipeline
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Where a loaded model came from and what it expects."""
-
-    model_dir: str
-    config: ModelConfig
-    folds: tuple
-    checkpoint_name: str
-    checkpoint_paths: tuple
-    trainer_name: str
-    mirroring_axes: Optional[tuple]
-    weights_sha256: Sequence[str]  # a tuple, or digests.FoldDigests (computed on first use)
-    scriptable: bool
-    not_scriptable_reason: Optional[str]
-    builder: str
-    # load_complete(copy=False): the weights live in mappings of the checkpoint files.
-    weights_mapped: bool = False
-
-    def parameter_summary(self, network: torch.nn.Module) -> tuple[int, int]:
-        """(parameter count, unique weight bytes) of ``network``, each tensor counted once."""
-        seen: set[int] = set()
-        count = nbytes = 0
-        for tensor in list(network.parameters()) + list(network.buffers()):
-            key = tensor.data_ptr()
-            if key in seen:
-                continue
-            seen.add(key)
-            nbytes += tensor.numel() * tensor.element_size()
-            if isinstance(tensor, torch.nn.Parameter):
-                count += tensor.numel()
-        return count, nbytes
-
-
-# Networks handed out by patch_nnunet()/complete() remember their ModelInfo here rather than in
-# an attribute, so TorchScript never sees (and never tries to compile) the metadata.
-_ATTACHED_INFO: "weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()
-
-
-def attach_info(network: torch.nn.Module, info: ModelInfo) -> None:
-    """Remember where ``network``'s weights came from, for a later ``to_torchscript(network)``."""
-    _ATTACHED_INFO[network] = info
-
-
-def attached_info(network: torch.nn.Module) -> Optional[ModelInfo]:
-    return _ATTACHED_INFO.get(network)
+# ModelInfo / attach_info / attached_info are re-exported: callers that hand out bare networks
+# (the predictor patch) and exports find them beside the model class.
+__all__ = ["ModelInfo", "NnUNetModel", "attach_info", "attached_info", "verification_inputs"]
 
 
 class NnUNetModel(torch.nn.Module):
@@ -98,7 +55,7 @@ class NnUNetModel(torch.nn.Module):
         chosen = self._torchscript_method(method, say)
         return export_module(
             self, Path(path), file_format="torchscript", method=chosen,
-            metadata=build_metadata(self, method=chosen, file_format="torchscript"),
+            metadata=build_metadata(self.info, self.network, method=chosen, file_format="torchscript"),
             inputs=verification_inputs(self.info.config, self._device()),
             verify=verify, tolerance=tolerance, say=say,
         )
@@ -117,9 +74,35 @@ class NnUNetModel(torch.nn.Module):
         inputs = verification_inputs(self.info.config, self._device())[:1]
         return export_module(
             self, Path(path), file_format="pt2", method="torch.export",
-            metadata=build_metadata(self, method="torch.export", file_format="pt2"),
+            metadata=build_metadata(self.info, self.network, method="torch.export", file_format="pt2"),
             inputs=inputs, verify=verify, tolerance=tolerance, say=progress or _silent,
         )
+
+    def pipeline(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
+                 mode: str = "exact") -> Pipeline:
+        """nnU-Net's whole prediction from preprocessed data as one scriptable module.
+
+        The pipeline shares this model's fold networks (no weight copies) and computes the
+        Gaussian importance map for the patch size once. ``mode="exact"`` gives, on the CPU, the
+        bits of ``nnUNetPredictor.predict_logits_from_preprocessed_data`` with the same settings;
+        ``mode="fast"`` batches the mirror passes and sums in float32 (last-bit differences).
+
+        Args:
+            tile_step_size: as nnU-Net's ``-step_size``, in (0, 1].
+            use_gaussian: weight tiles with the Gaussian, as nnU-Net does by default.
+            use_mirroring: test-time mirroring along the axes the checkpoints allow.
+            mode: ``"exact"`` or ``"fast"``.
+
+        Raises:
+            PipelineSettingsError: a step outside (0, 1], an unknown mode, or mirroring asked for
+                a model trained without it.
+
+        Example:
+            >>> pipeline = model.pipeline()  # doctest: +SKIP
+            >>> logits = pipeline.predict_logits(torch.from_numpy(preprocessed))  # doctest: +SKIP
+        """
+        return build_pipeline(self.network, self.info, tile_step_size=tile_step_size, use_gaussian=use_gaussian,
+                              use_mirroring=use_mirroring, mode=mode)
 
     def _device(self) -> torch.device:
         return next(iter(self.parameters()), torch.empty(0)).device

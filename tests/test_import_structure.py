@@ -15,6 +15,8 @@ LAYERS = [
     ["model_config"],
     ["architectures"],
     ["export_writer"],
+    ["model_info"],
+    ["pipeline"],
     ["model"],
     ["loading"],
     ["export"],

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import nnunet_export
-from nnunet_export import export as export_module
+from nnunet_export import export_writer as export_writer_module
 from nnunet_export import loading as loading_module
+from nnunet_export import model as model_module
 
 FINAL = "checkpoint_final.pth"
 
@@ -60,7 +61,7 @@ def _calls(f, tmp_path, monkeypatch):
     model_dir, model = f["model_dir"], f["model"]
 
     def failing_verification():
-        monkeypatch.setattr(export_module, "_max_abs_diff", lambda a, b: 1.0)
+        monkeypatch.setattr(export_writer_module, "_max_abs_diff", lambda a, b: 1.0)
         try:
             nnunet_export.to_torchscript(model, tmp_path / "unverified.pt")
         finally:
@@ -150,7 +151,7 @@ def test_num_threads_bounds_threads_inside_and_is_restored(folders, tmp_path, mo
     assert seen == [1, 2]
     assert torch.get_num_threads() == 2
 
-    seen_export = _observe_threads(monkeypatch, export_module, "build_metadata")
+    seen_export = _observe_threads(monkeypatch, model_module, "build_metadata")
     nnunet_export.to_torchscript(folders["model_dir"], tmp_path / "m.pt", folds=0, num_threads=1)
     assert seen[2:] == [1] and seen_export == [1]
     assert torch.get_num_threads() == 2

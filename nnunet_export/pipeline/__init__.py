@@ -1,0 +1,6 @@
+"""nnU-Net's prediction from preprocessed data in one scriptable module (:class:`Pipeline`)."""
+from .build import build_pipeline
+from .errors import PipelineInputError, PipelineSettingsError
+from .module import Pipeline
+
+__all__ = ["Pipeline", "PipelineInputError", "PipelineSettingsError", "build_pipeline"]
