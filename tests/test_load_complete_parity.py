@@ -172,9 +172,11 @@ def test_reading_options_give_the_same_model(nnunet_fixture, options):
     assert other.info.weights_mapped is (options.get("copy") is False) and not default.info.weights_mapped
     assert ("mapped from the checkpoint files" in repr(other)) is other.info.weights_mapped
     # copy=False: every fold's parameters are views of its own checkpoint's mapping
+    assert len(other.network.networks) == 3
     for fold, net in zip((0, 1, 2), other.network.networks):
         spans = file_mappings(fixture.model_dir / f"fold_{fold}" / FINAL)
         inside = [any(a <= p.data_ptr() < b for a, b in spans) for p in net.parameters()]
+        assert inside, "the fold network has no parameters"
         assert all(inside) if options.get("copy") is False else not any(inside)
 
 
