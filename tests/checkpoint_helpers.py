@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import zipfile
 from collections import OrderedDict
@@ -55,6 +56,19 @@ def unet_features_for_parameters(target_params: int, n_stages=6, dim=3) -> list[
         if params > target_params:
             break
     return best[0] if best else [base * 2 ** i for i in range(n_stages)]
+
+
+def file_mappings(path) -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of `path`, from /proc/self/maps."""
+    real = os.path.realpath(path)
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == real:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                spans.append((start, end))
+    return spans
 
 
 def nnunet_checkpoint_dict(net: torch.nn.Module, epochs: int = 3, patch=(16, 16, 16)) -> dict:

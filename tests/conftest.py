@@ -8,6 +8,10 @@ from primus_import_shim import skip_primus_trainers_if_torchvision_is_broken
 
 skip_primus_trainers_if_torchvision_is_broken()
 
+import os  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -42,3 +46,28 @@ def _restore_torch_threads():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """(folder, message): a folder this process cannot create files in, and the OutputPathError
+    message an export into it must give. Also runs as root, which passes every permission check:
+    sysfs refuses new files even to root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        try:
+            yield folder, f"output folder {str(folder)!r} is not writable"
+        finally:
+            folder.chmod(0o700)
+        return
+    folder = Path("/sys")
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except PermissionError:
+        yield folder, f"output folder {str(folder)!r} is not writable: Permission denied"
+        return
+    os.close(fd)
+    os.unlink(name)
+    pytest.skip("running as root and /sys takes new files here: no unwritable folder to test")

@@ -2,7 +2,8 @@
 
     python tests/fixture_build.py --size tiny --key-dir <cache>/<size>/<key> 3d_fullres bn ...
 
-Every step is nnU-Net's: generate_dataset_json, fingerprint extraction, experiment planning,
+The raw images are synthetic (seeded shapes on noise, written below); every later step is
+nnU-Net's: generate_dataset_json, fingerprint extraction, experiment planning,
 preprocessing, the real trainer classes (run_training on CPU for a few iterations, so weights and
 BatchNorm statistics move away from initialisation) and their save_checkpoint. Only the
 `*_prefix` variants are rewritten afterwards, the way user code that saved a compiled or DDP
@@ -34,9 +35,8 @@ os.environ["nnUNet_compile"] = "false"
 
 import numpy as np  # noqa: E402
 
-import fixture_layout as layout  # noqa: E402
-from fixture_data import write_raw_dataset  # noqa: E402
-from fixture_specs import BEST, GROUPS, VARIANTS, GroupSpec, TrainingRun, VariantSpec  # noqa: E402
+import fixture_specs as specs  # noqa: E402
+from fixture_specs import BEST, GROUPS, VARIANTS, DatasetSpec, GroupSpec, TrainingRun, VariantSpec  # noqa: E402
 from primus_import_shim import skip_primus_trainers_if_torchvision_is_broken  # noqa: E402
 
 TRAINER_MODULES = {
@@ -92,6 +92,122 @@ def _publish(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 
 
+# ---------------------------------------------------------------------------- synthetic raw datasets
+# Images are simple shapes on a noisy background whose intensities follow the labels, so a network
+# could learn them. Everything is seeded: the same call writes the same files, in nnU-Net's raw
+# format (imagesTr/labelsTr + dataset.json).
+
+# Axis order of the numpy arrays below is (z, y, x); SimpleITK spacing is (x, y, z).
+FILE_ENDING = ".nii.gz"
+
+
+def _ball(shape, center, radius, spacing):
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    dist2 = sum(((g - c) * sp) ** 2 for g, c, sp in zip(grids, center, spacing))
+    return dist2 <= radius ** 2
+
+
+def _box(shape, low, high):
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(lo, hi) for lo, hi in zip(low, high))] = True
+    return mask
+
+
+def _case_shape(spec: DatasetSpec, rng: np.random.Generator) -> tuple[int, ...]:
+    # +-10 % size jitter so the fingerprint sees a distribution, not one shape.
+    return tuple(int(s + rng.integers(-max(1, s // 10), max(1, s // 10) + 1)) for s in spec.shape_zyx)
+
+
+def _labels_case(spec: DatasetSpec, rng: np.random.Generator):
+    """One-channel "CT" image: a ball (label 1, ~300 HU) and a box (label 2, ~600 HU)."""
+    shape = _case_shape(spec, rng)
+    extent_mm = np.array(shape) * np.array(spec.spacing_zyx)
+    seg = np.zeros(shape, dtype=np.uint8)
+
+    radius = float(rng.uniform(0.12, 0.18) * extent_mm.min())
+    center = [rng.uniform(0.3, 0.45) * s for s in shape]
+    seg[_ball(shape, center, radius, spec.spacing_zyx)] = 1
+
+    low = [int(rng.uniform(0.55, 0.62) * s) for s in shape]
+    high = [min(s - 1, lo + max(2, int(rng.uniform(0.2, 0.3) * s))) for lo, s in zip(low, shape)]
+    seg[_box(shape, low, high)] = 2
+
+    intensity_per_label = np.array([0.0, 300.0, 600.0], dtype=np.float32)
+    image = intensity_per_label[seg] + rng.normal(0, 40, shape).astype(np.float32)
+    return [image.astype(np.float32)], seg
+
+
+def _regions_case(spec: DatasetSpec, rng: np.random.Generator):
+    """Two-channel "MRI": an outer ball (label 1) with an inner core (label 2).
+
+    Channel 0 is bright over the whole lesion (region [1, 2]), channel 1 only over the core
+    (region [2]), mirroring how BraTS-style region training is set up.
+    """
+    shape = _case_shape(spec, rng)
+    extent_mm = np.array(shape) * np.array(spec.spacing_zyx)
+    center = [rng.uniform(0.4, 0.6) * s for s in shape]
+    outer = float(rng.uniform(0.2, 0.28) * extent_mm.min())
+    seg = np.zeros(shape, dtype=np.uint8)
+    seg[_ball(shape, center, outer, spec.spacing_zyx)] = 1
+    seg[_ball(shape, center, outer * 0.5, spec.spacing_zyx)] = 2
+
+    whole = seg > 0
+    core = seg == 2
+    t1 = 100.0 + 200.0 * whole + rng.normal(0, 20, shape)
+    t2 = 100.0 + 250.0 * core + rng.normal(0, 20, shape)
+    return [t1.astype(np.float32), t2.astype(np.float32)], seg
+
+
+def _dataset_json_args(spec: DatasetSpec) -> dict:
+    if spec.kind == "labels":
+        return dict(channel_names={0: "CT"}, labels={"background": 0, "ball": 1, "box": 2})
+    if spec.kind == "regions":
+        return dict(
+            channel_names={0: "T1", 1: "T2"},
+            labels={"background": 0, "whole": (1, 2), "core": 2},
+            regions_class_order=(1, 2),
+        )
+    raise ValueError(f"unknown dataset kind {spec.kind!r}; allowed: 'labels', 'regions'")
+
+
+def _write_nifti(array: np.ndarray, spacing_zyx, path: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_raw_dataset(spec: DatasetSpec, raw_root: Path, seed: int) -> Path:
+    """Write `spec` under raw_root/DatasetXXX_Name in nnU-Net's raw layout; returns that folder."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    folder = raw_root / specs.dataset_folder_name(spec)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    make_case = _labels_case if spec.kind == "labels" else _regions_case
+    rng = np.random.default_rng(seed)
+    for case_index in range(spec.num_cases):
+        identifier = f"{spec.dataset_name.lower()}_{case_index:03d}"
+        channels, seg = make_case(spec, rng)
+        for channel_index, channel in enumerate(channels):
+            _write_nifti(channel, spec.spacing_zyx,
+                         folder / "imagesTr" / f"{identifier}_{channel_index:04d}{FILE_ENDING}")
+        _write_nifti(seg, spec.spacing_zyx, folder / "labelsTr" / f"{identifier}{FILE_ENDING}")
+
+    generate_dataset_json(
+        str(folder),
+        num_training_cases=spec.num_cases,
+        file_ending=FILE_ENDING,
+        dataset_name=folder.name,
+        description="Synthetic nnunet_export test dataset (seeded shapes on noise).",
+        license="CC0",
+        converted_by="nnunet_export test fixtures",
+        **_dataset_json_args(spec),
+    )
+    return folder
+
+
 # ---------------------------------------------------------------------------- dataset groups
 
 def _plan(group: GroupSpec) -> None:
@@ -118,7 +234,7 @@ def _plan(group: GroupSpec) -> None:
 
         # ResEnc plans reuse nnUNetPlans' preprocessed 2d/3d_fullres data (same data_identifier):
         # preprocess only what is not there yet, as a user following nnU-Net's docs would.
-        plans_file = Path(os.environ["nnUNet_preprocessed"]) / layout.dataset_folder_name(group.dataset) / (
+        plans_file = Path(os.environ["nnUNet_preprocessed"]) / specs.dataset_folder_name(group.dataset) / (
             planner_spec.plans_name + ".json")
         plans_manager = PlansManager(str(plans_file))
         todo = [c for c in planner_spec.configurations_to_preprocess
@@ -136,7 +252,7 @@ def _write_splits(group: GroupSpec, preprocessed_root: Path) -> None:
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
-    dataset_folder = preprocessed_root / layout.dataset_folder_name(group.dataset)
+    dataset_folder = preprocessed_root / specs.dataset_folder_name(group.dataset)
     data_folder = next(p for p in sorted(dataset_folder.iterdir()) if p.is_dir() and p.name.endswith("_3d_fullres"))
     identifiers = infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder))
     splits = generate_crossval_split(list(np.sort(list(identifiers))), seed=12345, n_splits=5)
@@ -146,13 +262,13 @@ def _write_splits(group: GroupSpec, preprocessed_root: Path) -> None:
 
 
 def build_group(size: str, group: GroupSpec, key_dir: Path) -> None:
-    final = layout.group_dir(key_dir, group.name)
+    final = specs.group_dir(key_dir, group.name)
     if final.is_dir():
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(final)
     started = time.perf_counter()
-    raw_root, preprocessed_root = tmp / layout.RAW, tmp / layout.PREPROCESSED
+    raw_root, preprocessed_root = tmp / specs.RAW, tmp / specs.PREPROCESSED
     write_raw_dataset(group.dataset, raw_root, seed=zlib.crc32(f"{size}/{group.name}".encode()))
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
 
@@ -172,7 +288,7 @@ def _train(size: str, variant: VariantSpec, run: TrainingRun) -> None:
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    dataset_folder = Path(os.environ["nnUNet_preprocessed"]) / layout.dataset_folder_name(
+    dataset_folder = Path(os.environ["nnUNet_preprocessed"]) / specs.dataset_folder_name(
         GROUPS[size][variant.group].dataset)
     _seed_everything(size, variant.name, run.configuration, run.fold, run.trainer)
     # The same steps as nnU-Net's get_trainer_from_args, with the class imported directly.
@@ -214,7 +330,7 @@ def _rewrite_with_prefix(results_root: Path, prefix: str) -> None:
 
 def build_variant(size: str, name: str, key_dir: Path) -> None:
     variant = VARIANTS[size][name]
-    final = layout.variant_dir(key_dir, name)
+    final = specs.variant_dir(key_dir, name)
     if final.is_dir():
         return
     group = GROUPS[size][variant.group]
@@ -225,14 +341,14 @@ def build_variant(size: str, name: str, key_dir: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(final)
     started = time.perf_counter()
-    results_root = tmp / layout.RESULTS
+    results_root = tmp / specs.RESULTS
     if variant.derived_from is not None:
-        shutil.copytree(layout.variant_dir(key_dir, variant.derived_from) / layout.RESULTS, results_root)
+        shutil.copytree(specs.variant_dir(key_dir, variant.derived_from) / specs.RESULTS, results_root)
         _rewrite_with_prefix(results_root, variant.key_prefix)
     else:
-        group_folder = layout.group_dir(key_dir, group.name)
-        with _environ(nnUNet_raw=str(group_folder / layout.RAW),
-                      nnUNet_preprocessed=str(group_folder / layout.PREPROCESSED),
+        group_folder = specs.group_dir(key_dir, group.name)
+        with _environ(nnUNet_raw=str(group_folder / specs.RAW),
+                      nnUNet_preprocessed=str(group_folder / specs.PREPROCESSED),
                       nnUNet_results=str(results_root),
                       # SingleThreadedAugmenter: no background augmentation workers.
                       nnUNet_n_proc_DA="0"):
@@ -247,7 +363,7 @@ def build_variant(size: str, name: str, key_dir: Path) -> None:
 
 def _write_build_info(folder: Path, started: float) -> None:
     info = {"build_seconds": round(time.perf_counter() - started, 2), "python": sys.version.split()[0]}
-    (folder / layout.BUILD_INFO).write_text(json.dumps(info, indent=2))
+    (folder / specs.BUILD_INFO).write_text(json.dumps(info, indent=2))
 
 
 def main(argv=None) -> int:

@@ -1,19 +1,69 @@
-"""What each fixture variant is: dataset group, planner settings, trainer, configuration, folds.
+"""What each fixture is and where it lives on disk: dataset, planner settings, trainer,
+configuration, folds, and the cache layout.
 
-Pure data, no nnU-Net import: the public API (nnunet_fixtures.py) reads it to describe a fixture
-without building it, the builder (fixture_build.py) reads it to build one.
+Pure data, no nnU-Net or numpy import: the public API (nnunet_fixtures.py) reads it to describe a
+fixture without building it, the builder (fixture_build.py) reads it to build one.
+
+Layout of one cache key folder:
+
+    <cache>/<size>/<key>/groups/<group>/{nnUNet_raw, nnUNet_preprocessed, build_info.json}
+    <cache>/<size>/<key>/variants/<name>/{nnUNet_results, build_info.json}
+
+Each variant has its own nnUNet_results root, so a variant's model folder holds exactly its folds
+and checkpoints, while variants of one group share the raw and preprocessed data.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from fixture_data import DatasetSpec
+from pathlib import Path
 
 SIZES = ("tiny", "realistic")
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_TRAINER = "nnUNetTrainer"
 FINAL = "checkpoint_final.pth"
 BEST = "checkpoint_best.pth"
+
+RAW = "nnUNet_raw"
+PREPROCESSED = "nnUNet_preprocessed"
+RESULTS = "nnUNet_results"
+BUILD_INFO = "build_info.json"
+
+
+def dataset_folder_name(dataset) -> str:
+    return f"Dataset{dataset.dataset_id:03d}_{dataset.dataset_name}"
+
+
+def model_folder_name(trainer: str, plans_name: str, configuration: str) -> str:
+    # nnU-Net's naming: <Trainer>__<Plans>__<configuration>
+    return f"{trainer}__{plans_name}__{configuration}"
+
+
+def group_dir(key_dir: Path, group: str) -> Path:
+    return key_dir / "groups" / group
+
+
+def variant_dir(key_dir: Path, name: str) -> Path:
+    return key_dir / "variants" / name
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What one synthetic dataset looks like.
+
+    Attributes:
+        dataset_id / dataset_name: nnU-Net's DatasetXXX_Name.
+        kind: "labels" (one label per structure, softmax) or "regions" (overlapping regions).
+        num_cases: training cases (>= 5 so nnU-Net's 5-fold split works).
+        shape_zyx: median image shape; cases vary by a few voxels around it.
+        spacing_zyx: voxel spacing in mm.
+    """
+
+    dataset_id: int
+    dataset_name: str
+    kind: str
+    num_cases: int
+    shape_zyx: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]
 
 
 @dataclass(frozen=True)

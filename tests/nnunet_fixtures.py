@@ -38,7 +38,7 @@ _TESTS_DIR = Path(__file__).resolve().parent
 if str(_TESTS_DIR) not in sys.path:  # benchmarks import this file by path
     sys.path.insert(0, str(_TESTS_DIR))
 
-import fixture_layout as layout  # noqa: E402
+import fixture_specs as specs  # noqa: E402
 from fixture_specs import FINAL, GROUPS, SIZES, VARIANTS  # noqa: E402
 from primus_import_shim import skip_primus_trainers_if_torchvision_is_broken  # noqa: E402
 
@@ -53,8 +53,7 @@ FIXTURE_NAMES: tuple[str, ...] = (
     "orig_mod_prefix", "module_prefix",
 )
 REALISTIC_FIXTURE_NAMES: tuple[str, ...] = ("3d_fullres", "resenc", "orig_mod_prefix", "module_prefix")
-_FACTORY_SOURCES = ("nnunet_fixtures.py", "fixture_build.py", "fixture_data.py", "fixture_layout.py",
-                    "fixture_specs.py", "primus_import_shim.py")
+_FACTORY_SOURCES = ("nnunet_fixtures.py", "fixture_build.py", "fixture_specs.py", "primus_import_shim.py")
 
 kUnknownFixture = "unknown fixture {name!r} for size {size!r}; available: {available}"
 kUnknownSize = "unknown fixture size {size!r}; allowed: {allowed}"
@@ -126,18 +125,18 @@ def _check(name: str, size: str) -> None:
 
 def _describe(name: str, size: str, key_dir: Path) -> ModelFixture:
     variant = VARIANTS[size][name]
-    dataset_name = layout.dataset_folder_name(GROUPS[size][variant.group].dataset)
-    group_folder = layout.group_dir(key_dir, variant.group)
-    results_dir = layout.variant_dir(key_dir, name) / layout.RESULTS
+    dataset_name = specs.dataset_folder_name(GROUPS[size][variant.group].dataset)
+    group_folder = specs.group_dir(key_dir, variant.group)
+    results_dir = specs.variant_dir(key_dir, name) / specs.RESULTS
 
     def model_dir(configuration: str) -> Path:
-        return results_dir / dataset_name / layout.model_folder_name(variant.trainer, variant.plans_name, configuration)
+        return results_dir / dataset_name / specs.model_folder_name(variant.trainer, variant.plans_name, configuration)
 
     return ModelFixture(
         name=name, size=size, model_dir=model_dir(variant.configuration), folds=variant.folds,
         configuration=variant.configuration, trainer=variant.trainer, plans_name=variant.plans_name,
         dataset_name=dataset_name, checkpoint_names=variant.checkpoint_names, results_dir=results_dir,
-        raw_dir=group_folder / layout.RAW, preprocessed_dir=group_folder / layout.PREPROCESSED,
+        raw_dir=group_folder / specs.RAW, preprocessed_dir=group_folder / specs.PREPROCESSED,
         extra_model_dirs={k: model_dir(c) for k, c in variant.extra_configurations.items()},
         key_prefix=variant.key_prefix,
     )
@@ -159,7 +158,7 @@ def build_fixtures(names: Iterable[str] = FIXTURE_NAMES, size: str = "tiny") -> 
     # find the folders published.
     with open(key_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [n for n in names if not layout.variant_dir(key_dir, n).is_dir()]
+        missing = [n for n in names if not specs.variant_dir(key_dir, n).is_dir()]
         if missing:
             _run_builder(missing, size, key_dir)
     return {name: _describe(name, size, key_dir) for name in names}

@@ -4,7 +4,6 @@ export leaves no file and no temporary, and an existing file at the path keeps e
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -187,36 +186,14 @@ def test_output_path_is_a_directory(tmp_path, exporter):
     assert os.listdir(tmp_path) == [name] and os.listdir(path) == []
 
 
-def _unwritable_folder(tmp_path: Path) -> tuple[Path, str]:
-    """A folder this process cannot create files in, and the reason the export must give."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "read_only"
-        folder.mkdir()
-        folder.chmod(0o500)
-        return folder, f"output folder {str(folder)!r} is not writable"
-    # root passes every permission check; sysfs refuses new files even to root
-    folder = Path("/sys")
-    try:
-        fd, name = tempfile.mkstemp(dir=folder)
-    except PermissionError:
-        return folder, f"output folder {str(folder)!r} is not writable: Permission denied"
-    os.close(fd)
-    os.unlink(name)
-    pytest.skip("running as root and /sys takes new files here: no unwritable folder to test")
-
-
 @pytest.mark.parametrize("exporter", EXPORTERS)
-def test_unwritable_output_folder(tmp_path, exporter):
+def test_unwritable_output_folder(tmp_path, exporter, unwritable_folder):
     export, name = EXPORTERS[exporter]
-    folder, message = _unwritable_folder(tmp_path)
-    try:
-        with pytest.raises(OutputPathError) as info:
-            export(tmp_path / "no_model_here", folder / name)
-        assert str(info.value) == message
-        assert not (folder / name).exists()
-    finally:
-        if folder != Path("/sys"):
-            folder.chmod(0o700)
+    folder, message = unwritable_folder
+    with pytest.raises(OutputPathError) as info:
+        export(tmp_path / "no_model_here", folder / name)
+    assert str(info.value) == message
+    assert not (folder / name).exists()
 
 
 # --- methods -----------------------------------------------------------------------------------

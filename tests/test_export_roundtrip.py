@@ -215,6 +215,7 @@ def test_report_verified_patch_and_other_stride_divisible_size(exports, case):
     other = report.input_shapes[1]
     assert other[:2] == patch_shape[:2] and other != patch_shape
     factor = _stride_factor(export.fixture)
+    assert len(factor) == len(other) - 2, (other, factor)
     assert all(size % f == 0 and size > 0 for size, f in zip(other[2:], factor)), (other, factor)
 
 

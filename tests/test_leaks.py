@@ -19,12 +19,13 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
 import tracemalloc
 
 import pytest
 import nnunet_export
 import nnunet_fixtures
-from nnunet_export import ExportError, _core, read_checkpoint
+from nnunet_export import CheckpointError, PlansError, UnsafeCheckpointError, _core, read_checkpoint
 from checkpoint_helpers import ALL_KEYS, p_top, save_small_checkpoint, zip_with_pickle
 
 CYCLES = 1000
@@ -162,25 +163,41 @@ def bad_files(tmp_path_factory):
             b"X\x01\x00\x00\x007X\x03\x00\x00\x00cpuJ\x04\x00\x00\x00tQJ\x00\x00\x00\x00(J\x04\x00"
             b"\x00\x00t(J\x01\x00\x00\x00t\x89ccollections\nOrderedDict\n)RtR"))),
     }
-    paths = []
+    # Each file fails at its own depth of the reader; the exact error proves it got there.
+    not_a_zip = ("not a ZIP archive (no end-of-central-directory record in the last 65557 bytes); "
+                 "torch.save files are ZIP archives")
+    expected = {
+        "truncated": (CheckpointError, not_a_zip),
+        "not_a_zip": (CheckpointError, not_a_zip),
+        "bad_pickle": (CheckpointError, "entry 'archive/data.pkl' byte 12: opcode SETITEM: target is not a dict "
+                                        "or OrderedDict"),
+        "unsafe_global": (UnsafeCheckpointError, "network_weights needs global 'posix.system', which is not in "
+                                                 "the allowlist; nothing from the file was executed"),
+        "missing_storage": (CheckpointError, "network_weights: storage 'data/7' (persistent id key '7') is "
+                                             "missing from the archive"),
+    }
+    cases = []
     for name, data in files.items():
         path = folder / f"{name}.pth"
         path.write_bytes(data)
-        paths.append(path)
+        error, message = expected[name]
+        cases.append((path, error, f"^{re.escape(f'checkpoint {str(path)!r}: {message}')}$"))
     plans = folder / "plans.json"
     plans.write_text('{"configurations": {"3d_fullres": {"architecture": 7}}}')
-    return paths, plans
+    return cases, plans
 
 
 def test_error_paths_do_not_leak(bad_files, tiny):
-    paths, plans = bad_files
+    cases, plans = bad_files
     dataset = os.path.join(tiny.model_dir, "dataset.json")
+    plans_message = f"^{re.escape(str(plans))}: dataset_name: missing required key$"
 
     def cycle():
-        for path in paths:
-            with pytest.raises(ExportError):
+        for path, error, message in cases:
+            with pytest.raises(error, match=message) as info:
                 read_checkpoint(path, ALL_KEYS)
-        with pytest.raises(ExportError):
+            assert type(info.value) is error
+        with pytest.raises(PlansError, match=plans_message):
             _core.read_plans(str(plans), dataset, "3d_fullres")
 
     before, after = _measure_cycles(cycle)

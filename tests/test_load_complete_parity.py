@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
 
 import nnunet_export
 from nnunet_export.architectures import EnsembleModule, PlainConvUNet, ResidualEncoderUNet
+from checkpoint_helpers import file_mappings
 
 TOLERANCE = 1e-5
 SCRIPT_TOLERANCE = 1e-6
@@ -160,8 +162,6 @@ def test_ensemble_equals_nnunet_fold_mean(nnunet_fixture, folds):
 @pytest.mark.parametrize("options", [{"copy": False}, {"copy": False, "verify_crc": False}, {"verify_crc": False}],
                          ids=str)
 def test_reading_options_give_the_same_model(nnunet_fixture, options):
-    from test_read_checkpoint import _file_mappings
-
     fixture = nnunet_fixture("multifold")
     default = nnunet_export.load_complete(fixture.model_dir, folds=(0, 1, 2))
     other = nnunet_export.load_complete(fixture.model_dir, folds=(0, 1, 2), **options)
@@ -172,9 +172,11 @@ def test_reading_options_give_the_same_model(nnunet_fixture, options):
     assert other.info.weights_mapped is (options.get("copy") is False) and not default.info.weights_mapped
     assert ("mapped from the checkpoint files" in repr(other)) is other.info.weights_mapped
     # copy=False: every fold's parameters are views of its own checkpoint's mapping
+    assert len(other.network.networks) == 3
     for fold, net in zip((0, 1, 2), other.network.networks):
-        spans = _file_mappings(fixture.model_dir / f"fold_{fold}" / FINAL)
+        spans = file_mappings(fixture.model_dir / f"fold_{fold}" / FINAL)
         inside = [any(a <= p.data_ptr() < b for a, b in spans) for p in net.parameters()]
+        assert inside, "the fold network has no parameters"
         assert all(inside) if options.get("copy") is False else not any(inside)
 
 
@@ -231,7 +233,7 @@ def test_returned_module_is_ready_for_inference(nnunet_fixture, name, folds):
                             weights_only=False)
     assert info.mirroring_axes == tuple(checkpoint["inference_allowed_mirroring_axes"])
     assert len(info.weights_sha256) == len(expected_folds)
-    assert all(len(h) == 64 and int(h, 16) >= 0 for h in info.weights_sha256)
+    assert all(re.fullmatch("[0-9a-f]{64}", h) for h in info.weights_sha256), info.weights_sha256
     assert len(set(info.weights_sha256)) == len(expected_folds)  # each fold its own digest
     assert f"folds           {', '.join(str(f) for f in expected_folds)}  [{FINAL}]" in repr(model)
 

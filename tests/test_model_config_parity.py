@@ -6,6 +6,7 @@ import os
 import pytest
 
 import nnunet_export
+import nnunet_fixtures
 from plans_cases import nnunet_reference, variants, write_model
 
 VARIANTS = variants()
@@ -99,22 +100,20 @@ def test_configuration_defaults_to_the_checkpoints(tmp_path, monkeypatch):
     assert calls[-1][0] == os.path.join(model_dir, "fold_0", "checkpoint_best.pth")
 
 
-def test_fixture_factory_models_match_nnunet():
-    # Real trained model folders from the shared fixture factory, when it is available.
-    fixtures = pytest.importorskip("nnunet_fixtures", reason="tests/nnunet_fixtures.py not in this tree yet")
+def test_fixture_factory_models_match_nnunet(nnunet_fixture):
+    # Real trained model folders from the shared fixture factory.
     checked = 0
-    for name in fixtures.FIXTURE_NAMES:
-        model_dir = str(fixtures.get_fixture(name).model_dir)
+    for name in nnunet_fixtures.FIXTURE_NAMES:
+        model_dir = str(nnunet_fixture(name).model_dir)
         with open(os.path.join(model_dir, "plans.json")) as f:
             configurations = list(json.load(f)["configurations"])
         for configuration in configurations:
             assert_same(model_dir, configuration)
             checked += 1
-        if hasattr(nnunet_export, "read_checkpoint"):
-            # Default configuration: the one in the folder name <Trainer>__<Plans>__<configuration>.
-            trained_with = os.path.basename(os.path.normpath(model_dir)).split("__")[-1]
-            assert nnunet_export.read_model_config(model_dir).configuration == trained_with
-    assert checked > 0
+        # Default configuration: the one in the folder name <Trainer>__<Plans>__<configuration>.
+        trained_with = os.path.basename(os.path.normpath(model_dir)).split("__")[-1]
+        assert nnunet_export.read_model_config(model_dir).configuration == trained_with
+    assert checked > len(nnunet_fixtures.FIXTURE_NAMES)  # several configurations per plans file
 
 
 def test_public_surface():

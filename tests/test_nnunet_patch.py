@@ -17,9 +17,8 @@ import torch
 import nnunet_export
 from nnunet_export import nnunet_patch
 
-pytest.importorskip("nnunetv2")
-from nnunetv2.inference import predict_from_raw_data  # noqa: E402
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: E402
+from nnunetv2.inference import predict_from_raw_data
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 PATCHED = ("initialize_from_trained_model_folder", "predict_logits_from_preprocessed_data")
 ORIGINALS = {name: nnUNetPredictor.__dict__[name] for name in PATCHED}

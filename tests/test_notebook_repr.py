@@ -80,6 +80,7 @@ def test_typing_files_cover_the_c_core():
     exposed = {name for name in dir(_core) if not name.startswith("__") or name == "__version__"}
     assert declared == exposed
     classes = {node.name: node for node in stub.body if isinstance(node, ast.ClassDef)}
+    assert classes, "the stub declares no class"
     for name, node in classes.items():
         bases = [b.id for b in node.bases]
         assert bases == [base.__name__ for base in getattr(_core, name).__bases__ if base is not object], name

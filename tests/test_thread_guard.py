@@ -72,20 +72,38 @@ def test_stable_abi_reading_matches_python_api():
 
 
 def test_guard_in_another_thread_leaves_main_thread_state():
+    # Grad mode and (with OpenMP) the intra-op thread count are per thread, so the worker's own
+    # view is checked there; the default dtype and cudnn.benchmark are process-wide, so the main
+    # thread sees them change while the worker is inside the guard and restored once it left.
     before = process_state()
+    entered, release = threading.Event(), threading.Event()
+    seen = {}
     errors = []
 
     def work():
         try:
+            worker_before = process_state()
             with _core.ThreadGuard(num_threads=1):
                 torch.set_grad_enabled(False)
+                torch.set_default_dtype(torch.float64)
+                torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
+                seen["worker_inside"] = process_state()
+                entered.set()
+                release.wait(timeout=30)
+            seen["worker_before"], seen["worker_after"] = worker_before, process_state()
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
+        finally:
+            entered.set()
 
     t = threading.Thread(target=work)
     t.start()
+    entered.wait(timeout=30)
+    inside = process_state()
+    release.set()
     t.join()
     assert not errors
+    assert inside[2] != before[2] and inside[4] == torch.float64, inside
+    assert seen["worker_inside"][0] == 1 and seen["worker_inside"][3] is False, seen
+    assert seen["worker_after"] == seen["worker_before"]
     assert process_state() == before
-
-
