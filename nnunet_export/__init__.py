@@ -27,6 +27,7 @@ from .metadata import MetadataError, read_metadata
 from .model import ModelInfo, NnUNetModel
 from .model_config import ModelConfig, read_model_config
 from .nnunet_patch import UnsupportedNnUNetError, complete, patch_nnunet, patched_nnunet, unpatch_nnunet
+from .pipeline import Pipeline, PipelineInputError, PipelineSettingsError
 
 __all__ = [
     "CheckpointError",
@@ -39,6 +40,9 @@ __all__ = [
     "ModelInfo",
     "NnUNetModel",
     "OutputPathError",
+    "Pipeline",
+    "PipelineInputError",
+    "PipelineSettingsError",
     "PlansError",
     "UnsafeCheckpointError",
     "UnsupportedArchitectureError",

@@ -145,7 +145,7 @@ def test_the_checks_catch_a_cycle_an_upward_and_a_hidden_import(tmp_path):
     (tmp_path / "model.py").write_text("")
     graph = _graph(tmp_path)
     assert find_cycle(graph) == ["export", "loading", "export"]
-    assert upward_imports(graph) == ["folds (layer 1) imports model (layer 5)",
-                                     "loading (layer 6) imports export (layer 7)"]
+    assert upward_imports(graph) == ["folds (layer 1) imports model (layer 7)",
+                                     "loading (layer 8) imports export (layer 9)"]
     assert hidden_imports(tmp_path) == ["folds.py imports nnunet_export.model inside a function"]
 

@@ -15,7 +15,8 @@ import nnunet_export
 
 ALL = [
     "CheckpointError", "ExportError", "ExportReport", "FoldMismatchError", "MetadataError", "ModelConfig",
-    "ModelFolderError", "ModelInfo", "NnUNetModel", "OutputPathError", "PlansError", "UnsafeCheckpointError",
+    "ModelFolderError", "ModelInfo", "NnUNetModel", "OutputPathError", "Pipeline", "PipelineInputError",
+    "PipelineSettingsError", "PlansError", "UnsafeCheckpointError",
     "UnsupportedArchitectureError", "UnsupportedNnUNetError", "VerificationError", "WeightsMismatchError",
     "__version__", "complete", "load_complete", "patch_nnunet", "patched_nnunet", "read_checkpoint",
     "read_metadata", "read_model_config", "to_exported_program", "to_torchscript", "unpatch_nnunet",
@@ -38,8 +39,8 @@ SIGNATURES = {
         "foreground_labels: 'List[int]', num_input_channels: 'int', num_output_channels: 'int', "
         "previous_stage: 'Optional[str]', next_stage: 'Optional[List[str]]') -> None"),
     "ModelInfo": (
-        "(model_dir: 'str', config: 'Any', folds: 'tuple', checkpoint_name: 'str', checkpoint_paths: 'tuple', "
-        "trainer_name: 'str', mirroring_axes: 'Optional[tuple]', weights_sha256: 'Sequence', scriptable: 'bool', "
+        "(model_dir: 'str', config: 'ModelConfig', folds: 'tuple', checkpoint_name: 'str', checkpoint_paths: 'tuple', "
+        "trainer_name: 'str', mirroring_axes: 'Optional[tuple]', weights_sha256: 'Sequence[str]', scriptable: 'bool', "
         "not_scriptable_reason: 'Optional[str]', builder: 'str', weights_mapped: 'bool' = False) -> None"),
     "NnUNetModel": "(network: 'torch.nn.Module', info: 'ModelInfo')",
     "complete": "(predictor) -> 'torch.nn.Module'",
@@ -47,7 +48,13 @@ SIGNATURES = {
         "(model_dir: 'Union[str, os.PathLike]', folds: 'FoldsArg' = None, "
         "checkpoint_name: 'str' = 'checkpoint_final.pth', device: 'Union[str, torch.device]' = 'cpu', *, "
         "configuration: 'str | None' = None, num_threads: 'int | None' = None, "
-        "progress: 'Callable[[str], Any] | None' = None, copy: 'bool' = True, verify_crc: 'bool' = True)"),
+        "progress: 'Callable[[str], Any] | None' = None, copy: 'bool' = True, verify_crc: 'bool' = True) "
+        "-> 'NnUNetModel'"),
+    "Pipeline": (
+        "(networks: List[torch.nn.modules.module.Module], gaussian: torch.Tensor, patch_size: List[int], "
+        "mirror_axes: List[List[int]], tile_step_size: float, use_gaussian: bool, exact: bool, "
+        "num_input_channels: int, num_heads: int, slice_by_slice: bool, cascade: bool, "
+        "info: nnunet_export.model_info.ModelInfo, settings: dict)"),
     "patch_nnunet": "() -> 'None'",
     "patched_nnunet": "() -> 'Iterator[None]'",
     "read_checkpoint": (
@@ -75,6 +82,8 @@ EXCEPTION_BASES = {
     "MetadataError": ("ExportError",),
     "ModelFolderError": ("ExportError",),
     "OutputPathError": ("ExportError",),
+    "PipelineInputError": ("ExportError",),
+    "PipelineSettingsError": ("ExportError",),
     "PlansError": ("ExportError",),
     "UnsafeCheckpointError": ("CheckpointError",),
     "UnsupportedArchitectureError": ("ExportError",),
@@ -87,7 +96,22 @@ EXCEPTION_BASES = {
 METHODS = {
     "NnUNetModel": {
         "forward": "(self, x: 'torch.Tensor') -> 'torch.Tensor'",
-        "to_torchscript": "(self, path, **kwargs)",
+        "to_torchscript": (
+            "(self, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'bool' = True, "
+            "tolerance: 'float' = 1e-06, progress: 'Callable[[str], Any] | None' = None) -> 'ExportReport'"),
+        "to_exported_program": (
+            "(self, path: 'Union[str, os.PathLike]', *, verify: 'bool' = True, tolerance: 'float' = 1e-06, "
+            "progress: 'Callable[[str], Any] | None' = None) -> 'ExportReport'"),
+        "pipeline": (
+            "(self, tile_step_size: 'float' = 0.5, use_gaussian: 'bool' = True, use_mirroring: 'bool' = True, "
+            "mode: 'str' = 'exact') -> 'Pipeline'"),
+    },
+    "Pipeline": {
+        "forward": "(self, data: torch.Tensor) -> torch.Tensor",
+        "predict_logits": "(self, data: torch.Tensor) -> torch.Tensor",
+        "to_torchscript": (
+            "(self, path: Union[str, os.PathLike], *, verify: bool = True, tolerance: float = 0.0, "
+            "progress: Optional[Callable[[str], Any]] = None) -> nnunet_export.export_writer.ExportReport"),
     },
     "ModelConfig": {"to_dict": "(self) -> 'Dict[str, Any]'"},
     "ExportReport": {"table": "(self) -> 'str'"},

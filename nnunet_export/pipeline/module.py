@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..export_writer import ExportReport, export_module
 from ..metadata import build_metadata
+from ..model_info import ModelInfo
 from .errors import PipelineInputError, PipelineSettingsError
 from .sliding_window import padding_for, tile_starts
 
@@ -41,7 +42,7 @@ class Pipeline(nn.Module):
     def __init__(self, networks: List[nn.Module], gaussian: Tensor, patch_size: List[int],
                  mirror_axes: List[List[int]], tile_step_size: float, use_gaussian: bool, exact: bool,
                  num_input_channels: int, num_heads: int, slice_by_slice: bool, cascade: bool,
-                 info, settings: dict):
+                 info: ModelInfo, settings: dict):
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.register_buffer("gaussian", gaussian, persistent=True)
@@ -73,11 +74,11 @@ class Pipeline(nn.Module):
         metadata = build_metadata(self.info, self.networks, method="script", file_format="torchscript",
                                   pipeline=dict(self.settings))
         return export_module(self, Path(path), file_format="torchscript", method="script", metadata=metadata,
-                             inputs=self.verification_volumes(), verify=verify, tolerance=tolerance,
+                             inputs=self._verification_volumes(), verify=verify, tolerance=tolerance,
                              say=progress or _silent)
 
     @torch.jit.unused
-    def verification_volumes(self) -> List[Tensor]:
+    def _verification_volumes(self) -> List[Tensor]:
         """One small deterministic volume: smaller than the patch on every axis, so one tile (two
         slices for a 2-D configuration) exercises padding, mirroring and every fold cheaply."""
         patch = self.patch_size
