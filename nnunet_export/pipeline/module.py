@@ -160,7 +160,9 @@ class Pipeline(nn.Module):
             raise PipelineInputError(f"data must have 4 dimensions (channels, {axes}), got {data.dim()}: "
                                      f"shape {list(data.shape)}")
         if not data.is_floating_point():
-            raise PipelineInputError(f"data must be a floating-point tensor (preprocessed float32), got {data.dtype}")
+            # TorchScript prints a dtype as its enum number: name the kind instead there.
+            got = "a tensor of another dtype" if torch.jit.is_scripting() else str(data.dtype)
+            raise PipelineInputError(f"data must be a floating-point tensor (preprocessed float32), got {got}")
         if data.shape[0] != self.num_input_channels:
             what = "image channels plus one per foreground label of the previous stage" if self.cascade \
                 else "image channels"

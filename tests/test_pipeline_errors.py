@@ -1,0 +1,92 @@
+"""Bad input to a Pipeline gets a clear error naming what is wrong, eager and scripted alike, and
+building or running one leaves torch's process state as it was."""
+import pytest
+import torch
+
+import nnunet_export
+from nnunet_export import PipelineInputError, PipelineSettingsError
+
+
+@pytest.fixture(scope="module")
+def model(nnunet_fixture):
+    return nnunet_export.load_complete(nnunet_fixture("3d_fullres").model_dir, folds=0)
+
+
+@pytest.fixture(scope="module")
+def pipelines(model):
+    pipeline = model.pipeline()
+    return {"eager": pipeline, "scripted": torch.jit.script(pipeline)}
+
+
+def _nan_only():
+    return torch.full((1, 4, 5, 6), float("nan"))
+
+
+BAD_INPUTS = [
+    ("rank", lambda: torch.zeros(1, 5, 6), "data must have 4 dimensions (channels, x, y, z), got 3: shape [1, 5, 6]"),
+    ("channels", lambda: torch.zeros(2, 4, 5, 6), "data has 2 channels, this model takes 1 (image channels)"),
+    ("dtype", lambda: torch.zeros(1, 4, 5, 6, dtype=torch.int16),
+     "data must be a floating-point tensor (preprocessed float32), got torch.int16"),
+    ("empty", lambda: torch.zeros(1, 0, 5, 6), "data has no voxels: shape [1, 0, 5, 6]"),
+    ("nan", _nan_only, "data holds only NaN values: nothing to predict"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c[0])
+def test_bad_input_is_refused_with_its_reason(case, pipelines):
+    _, make, message = case
+    with pytest.raises(PipelineInputError) as error:
+        pipelines["eager"].predict_logits(make())
+    assert str(error.value) == message
+    # Inside TorchScript the same check raises the same message, with the class named.
+    with pytest.raises(torch.jit.Error) as error:
+        pipelines["scripted"].predict_logits(make())
+    scripted_message = message.replace("got torch.int16", "got a tensor of another dtype")
+    assert str(error.value).rstrip().endswith(f"nnunet_export.pipeline.errors.PipelineInputError: {scripted_message}")
+
+
+@pytest.mark.parametrize("step", [0, -0.5, 1.5, float("nan"), True, "0.5"])
+def test_tile_step_outside_zero_one_is_refused(model, step):
+    with pytest.raises(PipelineSettingsError) as error:
+        model.pipeline(tile_step_size=step)
+    assert str(error.value) == f"tile_step_size must be a number in (0, 1], got {step!r}"
+
+
+def test_unknown_mode_is_refused(model):
+    with pytest.raises(PipelineSettingsError) as error:
+        model.pipeline(mode="fastest")
+    assert str(error.value) == "mode must be 'exact' or 'fast', got 'fastest'"
+
+
+@pytest.mark.parametrize("axes", [None, ()])
+def test_mirroring_for_a_model_trained_without_it_is_refused(model, axes):
+    import dataclasses
+
+    info = dataclasses.replace(model.info, mirroring_axes=axes)
+    without = nnunet_export.NnUNetModel(model.network, info)
+    with pytest.raises(PipelineSettingsError) as error:
+        without.pipeline()
+    assert str(error.value) == (
+        f"use_mirroring=True, but {info.checkpoint_paths[0]} was trained without mirroring "
+        f"(inference_allowed_mirroring_axes is {axes!r}): pass use_mirroring=False")
+    assert without.pipeline(use_mirroring=False).mirror_axes == []
+
+
+def test_the_pipeline_shares_the_fold_networks(model):
+    pipeline = model.pipeline()
+    assert pipeline.networks[0] is model.network
+    ours = {t.data_ptr() for t in pipeline.networks.parameters()}
+    assert ours == {t.data_ptr() for t in model.network.parameters()}
+
+
+def test_pipeline_leaves_process_state_alone(model):
+    torch.set_num_threads(1)
+    before = (torch.get_num_threads(), torch.is_grad_enabled(), torch.backends.cudnn.benchmark,
+              torch.get_default_dtype())
+    pipeline = model.pipeline()
+    pipeline.predict_logits(torch.randn(1, 4, 5, 6))
+    with pytest.raises(PipelineInputError):
+        pipeline.predict_logits(torch.zeros(2, 4, 5, 6))
+    after = (torch.get_num_threads(), torch.is_grad_enabled(), torch.backends.cudnn.benchmark,
+             torch.get_default_dtype())
+    assert after == before
