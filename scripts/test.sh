@@ -23,7 +23,9 @@ fi
 
 DIST=build/dist
 TEST_VENV=${NNUNET_EXPORT_TEST_VENV:-build/test-venv}
-rm -rf "$DIST"
+# A stale nnunet_export.egg-info (from an earlier build) lists files the configuration may no
+# longer ship, and setuptools would put them into the sdist and wheel anyway: build from scratch.
+rm -rf "$DIST" nnunet_export.egg-info
 mkdir -p build
 started=$SECONDS
 # Without build isolation (the build must never resolve a torch of its own); with no --sdist or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import site
 import subprocess
 import sys
 import tarfile
@@ -69,10 +70,12 @@ def wheel_metadata(wheel: Path):
 @pytest.mark.skipif(not INSTALLED, reason="only under scripts/test.sh (NNUNET_EXPORT_TEST_INSTALLED=1)")
 def test_suite_imports_the_installed_wheel_not_the_source_tree():
     location = Path(nnunet_export.__file__).resolve()
-    assert REPO not in location.parents, f"nnunet_export imported from the source tree: {location}"
+    assert location.parent != PACKAGE, f"nnunet_export imported from the source tree: {location}"
+    site_packages = [Path(p).resolve() for p in site.getsitepackages()]
+    assert location.parent.parent in site_packages, (location, site_packages)
     # pytest puts tests/ on sys.path (conftest.py's folder); the checkout itself must not be there.
     assert "" not in sys.path and REPO not in [Path(p).resolve() for p in sys.path], sys.path
-    assert REPO not in Path(nnunet_export._core.__file__).resolve().parents
+    assert Path(nnunet_export._core.__file__).resolve().parent == location.parent
     direct_url = importlib.metadata.distribution("nnunet_export").read_text("direct_url.json")
     assert direct_url is not None and not json.loads(direct_url).get("dir_info", {}).get("editable", False)
 
