@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 from typing import Sequence
 
 from .._core import __version__
 from . import export, inspect
-from .common import UsageError, one_line, progress
+from .common import UsageError, one_line
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -69,13 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nnunet-export`` and ``python -m nnunet_export``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
-    started = time.perf_counter()
     try:
         args = _parse(argv)
-        code = COMMANDS[args.command].run(args)
-        if args.command == "export":
-            progress(f"done in {time.perf_counter() - started:.1f} s")
-        return code
+        return COMMANDS[args.command].run(args)
     except _ParserExit as exit_:
         return exit_.code
     except UsageError as err:

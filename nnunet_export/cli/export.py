@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         report = to_torchscript(model, args.output, method="trace" if args.trace else "auto",
                                 verify=not args.no_verify, progress=progress)
     print(summary_table(report, model, folder, time.perf_counter() - started))
+    progress(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
