@@ -35,6 +35,8 @@ SIZES = {
     "small": ([8, 16, 32, 64], (16, 16, 16), 7),
     "full": ([32, 64, 128, 256, 320, 320], (32, 32, 64), 5),
 }
+# interleaved repeats per own size (run.py --smoke sets them to 1)
+REPEATS = {size: repeats for size, (_, _, repeats) in SIZES.items()}
 SPEED_TARGET = 5.0
 RSS_TARGET = 1.10
 
@@ -132,7 +134,7 @@ def run(size: str = "full") -> list[dict]:
     own_size = RUNNER_SIZES.get(size, size)
     if own_size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES) + sorted(RUNNER_SIZES)}, got {size!r}")
-    repeats = SIZES[own_size][2]
+    repeats = REPEATS[own_size]
     with tempfile.TemporaryDirectory() as tmp:
         given = os.environ.get("NNUNET_EXPORT_BENCH_CHECKPOINT")
         path = Path(given) if given else (_fixture_checkpoint(size) or _make_checkpoint(own_size, Path(tmp)))

@@ -1,6 +1,8 @@
 """Timing and result rows shared by benchmark modules (benchmarks/bench_*.py).
 
-A benchmark module exposes `run(size: str) -> list[dict]`; each dict is a row made by `row()`.
+A benchmark module exposes `run(size: str) -> list[dict]` (size "tiny" or "realistic"; each dict
+is a row with ROW_KEYS, made by `row()` where possible) and `REPEATS`, a dict whose values are its
+repeat counts (ints or tuples of ints): `run.py --smoke` sets every count to 1.
 Times are medians of repeated runs after one warm-up; ours and the baseline are measured in the
 same process, one after the other, so their ratio is meaningful on a shared machine.
 """
@@ -35,8 +37,9 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
 def row(benchmark: str, case: str, ours_s: float, baseline_s: float, target: float | None,
         correct: bool, notes: str = "") -> dict:
     """One result row. ratio = ours_s / baseline_s (lower is better); with a target, the row is ok
-    only when the result was correct and ratio <= target; without one, correctness alone decides."""
+    only when the result was correct and ratio <= target; without one, correctness alone decides.
+    "correct" is kept apart too: a smoke run judges results, not speed."""
     ratio = ours_s / baseline_s if baseline_s > 0 else float("inf")
     ok = bool(correct) and (target is None or ratio <= target)
     return {"benchmark": benchmark, "case": case, "ours_s": ours_s, "baseline_s": baseline_s,
-            "ratio": ratio, "target": target, "ok": ok, "notes": notes}
+            "ratio": ratio, "target": target, "ok": ok, "notes": notes, "correct": bool(correct)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,7 @@ import nnunet_export
 from nnunet_export import cli
 
 REPO = Path(__file__).resolve().parent.parent
+INSTALLED = os.environ.get("NNUNET_EXPORT_TEST_INSTALLED") == "1"  # set by scripts/test.sh
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +130,21 @@ def test_pt2_format(nnunet_fixture, tmp_path, capsys):
         assert float((program(x) - model(x)).abs().max()) <= 1e-6
 
 
+def test_export_command_and_bare_form_write_the_same_model(nnunet_fixture, tmp_path, capsys):
+    fixture = nnunet_fixture("2d")
+    tables = {}
+    for form in (["export"], []):
+        out_file = tmp_path / f"{form[0] if form else 'bare'}.pt"
+        code, out, err = run(capsys, *form, "-m", fixture.model_dir, "-f", "0", "-o", out_file, "--no-verify")
+        assert code == 0, err
+        assert table(out)["file"] == str(out_file)
+        assert err.splitlines()[-1].startswith("[nnunet-export] done in ")
+        tables[bool(form)] = table(out)
+    assert tables[True]["sha256 fold 0"] == tables[False]["sha256 fold 0"]
+    assert tables[True]["sha256 fold 0"] == nnunet_export.read_metadata(tmp_path / "bare.pt")["weights_sha256"]["0"]
+    assert tables[True]["parameters"] == tables[False]["parameters"]
+
+
 # ------------------------------------------------------------------ exit codes
 
 
@@ -136,13 +153,16 @@ def test_usage_errors_exit_2(nnunet_fixture, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(fixture.results_dir))
     cases = [
         (["-d", "901", "-c", "3d_fullres"], "the following arguments are required: -o"),
-        (["-d", "901", "-c", "3d_fullres", "-o", "x.pt", "--format", "onnx"], "argument --format: invalid choice"),
+        (["-d", "901", "-c", "3d_fullres", "-o", "x.pt", "--format", "onnx"],
+         "argument --format: invalid choice: 'onnx' (choose from 'torchscript', 'pt2')"),
         (["-d", "901", "-c", "3d_fullres", "-o", "x.pt", "--bogus"], "unrecognized arguments: --bogus"),
     ]
     for argv, fragment in cases:
-        code, out, err = run(capsys, *argv)
-        assert code == 2 and fragment in err and out == "", argv
-        assert err.startswith("usage: nnunet-export")
+        for form in ([], ["export"]):  # the bare form is the export command
+            code, out, err = run(capsys, *form, *argv)
+            assert code == 2 and out == "", argv
+            assert err.startswith("usage: nnunet-export export [-h] ")
+            assert err.splitlines()[-1] == f"nnunet-export export: error: {fragment}", (form, argv)
     exact = [
         (["-m", fixture.model_dir, "-d", "901", "-c", "3d_fullres", "-o", tmp_path / "x.pt"],
          "give either -m MODEL_FOLDER or -d DATASET -c CONFIGURATION, not both"),
@@ -159,8 +179,9 @@ def test_usage_errors_exit_2(nnunet_fixture, tmp_path, capsys, monkeypatch):
          "--device 'bogus' is not a torch device (e.g. cpu, cuda, cuda:1)"),
     ]
     for argv, message in exact:
-        code, out, err = run(capsys, *argv)
-        assert (code, out, err) == (2, "", f"nnunet-export: error: {message}\n"), argv
+        for form in ([], ["export"]):
+            code, out, err = run(capsys, *form, *argv)
+            assert (code, out, err) == (2, "", f"nnunet-export: error: {message}\n"), (form, argv)
     monkeypatch.delenv("nnUNet_results")
     code, out, err = run(capsys, "-d", "901", "-c", "3d_fullres", "-o", tmp_path / "x.pt")
     assert (code, err) == (2, "nnunet-export: error: -d needs $nnUNet_results to be set (or pass the folder with -m)\n")
@@ -177,6 +198,14 @@ def test_failures_exit_1_with_one_line_and_traceback_only_when_verbose(nnunet_fi
     assert "ModelFolderError" in err
     assert err.endswith(f"nnunet-export: error: model folder {str(missing)!r} does not exist\n")
 
+    for argv in (["--verbose", "-m", missing, "-o", tmp_path / "x.pt"],  # bare form, option first
+                 ["export", "--verbose", "-m", missing, "-o", tmp_path / "x.pt"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and err.startswith("Traceback (most recent call last):"), argv
+        assert err.endswith(f"nnunet-export: error: model folder {str(missing)!r} does not exist\n")
+    code, out, err = run(capsys, "inspect", "--verbose", tmp_path / "garbage")
+    assert (code, err) == (2, f"nnunet-export: error: {str(tmp_path / 'garbage')!r} is neither a model folder nor a file\n")
+
     fixture = nnunet_fixture("multifold")
     code, out, err = run(capsys, "-m", fixture.model_dir, "-f", "7", "-o", tmp_path / "x.pt")
     assert code == 1
@@ -184,9 +213,29 @@ def test_failures_exit_1_with_one_line_and_traceback_only_when_verbose(nnunet_fi
     assert "Traceback" not in err
 
 
-def test_help_exits_0(capsys):
+def test_help_lists_the_commands_and_each_command_has_its_own(capsys):
     code, out, err = run(capsys, "--help")
-    assert code == 0 and out.startswith("usage: nnunet-export") and "-chk" in out and err == ""
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: nnunet-export [-h] [--version] COMMAND ...\n")
+    commands = re.findall(r"^    (\w+) {2,}", out, flags=re.M)
+    assert commands == ["export", "inspect"] == list(cli.COMMANDS)
+    assert "'nnunet-export -d 1 -c 3d_fullres -o model.pt'" in " ".join(out.split())
+    code, out, err = run(capsys, "export", "--help")
+    assert (code, err) == (0, "") and out.startswith("usage: nnunet-export export [-h]") and "-chk CHECKPOINT" in out
+    code, out, err = run(capsys, "inspect", "-h")
+    assert (code, err) == (0, "") and out.startswith("usage: nnunet-export inspect [-h] [--verbose] path")
+    assert run(capsys, "--version") == (0, f"nnunet-export {nnunet_export.__version__}\n", "")
+
+
+def test_unknown_or_missing_command_exits_2(capsys):
+    code, out, err = run(capsys, "exprot", "-o", "x.pt")
+    assert (code, out) == (2, "")
+    assert err.endswith("nnunet-export: error: argument COMMAND: invalid choice: 'exprot' "
+                        "(choose from 'export', 'inspect')\n")
+    code, out, err = run(capsys)
+    assert (code, out) == (2, "")
+    assert err == ("usage: nnunet-export [-h] [--version] COMMAND ...\n"
+                   "nnunet-export: error: the following arguments are required: COMMAND\n")
 
 
 # ------------------------------------------------------------------ inspect
@@ -265,14 +314,27 @@ def test_inspect_garbage(tmp_path, capsys):
 
 
 def test_python_dash_m_and_console_script_entry(tmp_path):
+    """Both entry points, in fresh processes that import the nnunet_export this suite tests (the
+    installed wheel under scripts/test.sh: the checkout is then not put on PYTHONPATH)."""
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 10)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-m", "nnunet_export", "inspect", str(garbage)],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr == (f"nnunet-export: error: {str(garbage)!r} is not a checkpoint or exported file "
-                             "(not a ZIP archive)\n")
+    package_root = Path(nnunet_export.__file__).resolve().parent.parent
+    env = dict(os.environ)
+    # A checkout goes on PYTHONPATH; site-packages must not: ahead of the standard library, a
+    # dependency's old PyPI backport (argparse) would shadow the real module.
+    if package_root not in [Path(p).resolve() for p in site.getsitepackages()]:
+        env["PYTHONPATH"] = str(package_root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    expected = (f"nnunet-export: error: {str(garbage)!r} is not a checkpoint or exported file "
+                "(not a ZIP archive)\n")
+    commands = [[sys.executable, "-m", "nnunet_export", "inspect", str(garbage)]]
+    script = Path(sys.executable).parent / "nnunet-export"
+    if INSTALLED or script.is_file():
+        commands.append([str(script), "inspect", str(garbage)])
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", expected), command
+    version = subprocess.run([*commands[-1][:-2], "--version"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+    assert (version.returncode, version.stdout) == (0, f"nnunet-export {nnunet_export.__version__}\n")
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"nnunet-export": "nnunet_export.cli:main"}
