@@ -51,7 +51,7 @@ _RSS_CHILD = r"""
 import json, sys, time
 mode, model_dir, folds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 import torch
-import nnunet_export, nnunet_export.loading, nnunet_export.network_builder, nnunet_export.architectures
+import nnunet_export, nnunet_export.loading, nnunet_export.architectures.build
 import nnunet_export.model_config, nnunet_export.checkpoint
 if mode.startswith("predictor"):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

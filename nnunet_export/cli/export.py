@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .. import load_complete, to_exported_program, to_torchscript
+from ..export import to_exported_program, to_torchscript
+from ..loading import load_complete
 from .common import UsageError, add_verbose, progress
 
 HELP = "export a trained model (all requested folds) to a verified TorchScript or torch.export file"

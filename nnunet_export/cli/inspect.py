@@ -5,7 +5,10 @@ import argparse
 import zipfile
 from pathlib import Path
 
-from .. import ExportError, read_checkpoint, read_metadata, read_model_config
+from .._core import ExportError
+from ..checkpoint import read_checkpoint
+from ..metadata import read_metadata
+from ..model_config import read_model_config
 from ..folds import resolve_model_dir
 from .common import UsageError, add_verbose
 
