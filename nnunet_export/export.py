@@ -10,7 +10,7 @@ from typing import Any, Callable, Union
 
 from ._core import ExportError, ThreadGuard
 from .atomic_write import check_output_path
-from .export_writer import DEFAULT_TOLERANCE, ExportReport, VerificationError, check_method
+from .export_writer import DEFAULT_TOLERANCE, ExportReport, VerificationError, check_method, check_verify
 from .loading import load_complete
 from .model import NnUNetModel, attached_info
 from .pipeline import Pipeline
@@ -50,7 +50,7 @@ def to_torchscript(
     path: Union[str, os.PathLike],
     *,
     method: str = "auto",
-    verify: bool = True,
+    verify: Union[bool, str] = True,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Callable[[str], Any] | None = None,
     **load_kwargs,
@@ -59,9 +59,9 @@ def to_torchscript(
 
     The file is written atomically (a temporary file in the same folder, fsynced, renamed) and
     carries ``extra/nnunet_export.json`` (see :func:`read_metadata`). With ``verify`` the
-    written file is reloaded with ``torch.jit.load``, run on deterministic inputs of patch size
-    and of another stride-divisible size and compared with the eager module, and every weight
-    is compared bit for bit; on failure nothing is written and an existing file is untouched.
+    written file is reloaded with ``torch.jit.load``, run on deterministic inputs (see
+    ``verify``) and compared with the eager module, and every weight is compared bit for bit;
+    on failure nothing is written and an existing file is untouched.
 
     Args:
         module_or_model_dir: the module ``load_complete`` returned (also inside a
@@ -71,7 +71,10 @@ def to_torchscript(
         path: the output file (``.pt``).
         method: ``"auto"`` scripts the package's own architectures and traces the rest;
             ``"script"`` or ``"trace"`` force one.
-        verify: reload and compare (default on).
+        verify: reload and compare: ``True`` (default) on one small input (twice the network's
+            total stride per axis: each fold's network runs once, cheaply) plus every weight bit
+            for bit; ``"full"`` on an input of patch size and one of another stride-divisible
+            size; ``False`` not at all.
         tolerance: largest accepted max-abs difference of the logits.
         progress: called with one line per step (e.g. ``print``).
 
@@ -87,6 +90,7 @@ def to_torchscript(
         >>> print(nnunet_export.to_torchscript(model, "model.pt").table())  # doctest: +SKIP
     """
     check_method(method)  # before minutes of loading
+    check_verify(verify)
     check_output_path(Path(path))
     if isinstance(module_or_model_dir, Pipeline):
         _refuse_load_kwargs(load_kwargs, "to_torchscript")
@@ -103,7 +107,7 @@ def to_exported_program(
     module_or_model_dir,
     path: Union[str, os.PathLike],
     *,
-    verify: bool = True,
+    verify: Union[bool, str] = True,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Callable[[str], Any] | None = None,
     **load_kwargs,

@@ -23,6 +23,7 @@ DEFAULT_TOLERANCE = 1e-6
 METHODS = ("auto", "script", "trace")
 
 kMethodError = "method must be 'auto', 'script' or 'trace', got {method!r}"
+kVerifyError = "verify must be True (a small input), 'full' (patch size and another size) or False, got {verify!r}"
 kOutputMismatchError = (
     "{path}: the exported {what} differs from the eager module by {diff:.3g} (> {tolerance:g}) on "
     "an input of shape {shape}; no file was written"
@@ -82,6 +83,11 @@ def quiet_torchscript() -> Iterator[None]:
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise ExportError(kMethodError.format(method=method))
+
+
+def check_verify(verify: Any) -> None:
+    if verify not in (True, False, "full") or not isinstance(verify, (bool, str)):
+        raise ExportError(kVerifyError.format(verify=verify))
 
 
 @dataclass(frozen=True)

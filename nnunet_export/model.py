@@ -9,7 +9,7 @@ from typing import Any, Callable, Union
 import torch
 
 from ._core import ExportError
-from .export_writer import DEFAULT_TOLERANCE, ExportReport, check_method, export_module
+from .export_writer import DEFAULT_TOLERANCE, ExportReport, check_method, check_verify, export_module
 from .metadata import build_metadata
 from .model_config import ModelConfig
 from .model_info import ModelInfo, attach_info, attached_info
@@ -44,38 +44,40 @@ class NnUNetModel(torch.nn.Module):
         path: Union[str, os.PathLike],
         *,
         method: str = "auto",
-        verify: bool = True,
+        verify: Union[bool, str] = True,
         tolerance: float = DEFAULT_TOLERANCE,
         progress: Callable[[str], Any] | None = None,
     ) -> ExportReport:
         """Export to a verified TorchScript file at ``path``; see :func:`nnunet_export.to_torchscript`."""
         say = progress or _silent
         check_method(method)
+        check_verify(verify)
         self.eval()
         chosen = self._torchscript_method(method, say)
         return export_module(
             self, Path(path), file_format="torchscript", method=chosen,
             metadata=build_metadata(self.info, self.network, method=chosen, file_format="torchscript"),
-            inputs=verification_inputs(self.info.config, self._device()),
-            verify=verify, tolerance=tolerance, say=say,
+            inputs=verification_inputs(self.info.config, self._device(), full=verify == "full"),
+            verify=bool(verify), tolerance=tolerance, say=say,
         )
 
     def to_exported_program(
         self,
         path: Union[str, os.PathLike],
         *,
-        verify: bool = True,
+        verify: Union[bool, str] = True,
         tolerance: float = DEFAULT_TOLERANCE,
         progress: Callable[[str], Any] | None = None,
     ) -> ExportReport:
         """Export to a verified ``torch.export`` ``.pt2`` file; see :func:`nnunet_export.to_exported_program`."""
+        check_verify(verify)
         self.eval()
         # The program is exported for the patch size (static shapes): verify on that input.
-        inputs = verification_inputs(self.info.config, self._device())[:1]
+        inputs = verification_inputs(self.info.config, self._device(), full=True)[:1]
         return export_module(
             self, Path(path), file_format="pt2", method="torch.export",
             metadata=build_metadata(self.info, self.network, method="torch.export", file_format="pt2"),
-            inputs=inputs, verify=verify, tolerance=tolerance, say=progress or _silent,
+            inputs=inputs, verify=bool(verify), tolerance=tolerance, say=progress or _silent,
         )
 
     def pipeline(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
@@ -157,17 +159,33 @@ def _silent(line: str) -> None:
     pass
 
 
-def verification_inputs(config: ModelConfig, device: torch.device) -> list[torch.Tensor]:
-    """Deterministic inputs: one of patch size and one of another stride-divisible size."""
+def _stride_factor(config: ModelConfig) -> list[int]:
+    """Product of the network's strides per axis: every input size must be a multiple of it."""
     patch = [int(p) for p in config.patch_size]
     strides = config.architecture["arch_kwargs"].get("strides") or [[1] * len(patch)]
     factor = [1] * len(patch)
     for stride in strides:
         stride = [stride] * len(patch) if isinstance(stride, int) else stride
         factor = [f * int(s) for f, s in zip(factor, stride)]
-    # The smaller stride-divisible neighbour keeps verification cheap; grow when none exists.
-    other = [p - f if p - f >= f else p + f for p, f in zip(patch, factor)]
+    return factor
+
+
+def verification_inputs(config: ModelConfig, device: torch.device, full: bool = False) -> list[torch.Tensor]:
+    """Deterministic inputs for checking an export against the eager module.
+
+    By default one small input: twice the network's total stride per axis (two voxels at the
+    bottleneck; at most the patch size), cheap even for five large folds. ``full``: one input of
+    patch size and one of another stride-divisible size.
+    """
+    patch = [int(p) for p in config.patch_size]
+    factor = _stride_factor(config)
+    if full:
+        # The smaller stride-divisible neighbour keeps verification cheap; grow when none exists.
+        other = [p - f if p - f >= f else p + f for p, f in zip(patch, factor)]
+        spatial = [patch, other]
+    else:
+        spatial = [[min(2 * f, p) for p, f in zip(patch, factor)]]
     generator = torch.Generator().manual_seed(20240601)
-    shapes = [(1, config.num_input_channels, *patch), (1, config.num_input_channels, *other)]
+    shapes = [(1, config.num_input_channels, *s) for s in spatial]
     # float32 whatever the default dtype: the networks are float32, as nnU-Net feeds them.
     return [torch.randn(s, generator=generator, dtype=torch.float32).to(device) for s in shapes]

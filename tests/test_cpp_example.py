@@ -44,6 +44,19 @@ def _exported_model(tmp_path: Path) -> tuple[Path, tuple[int, ...]]:
     return path, (1, config.num_input_channels, *config.patch_size)
 
 
+def _exported_pipeline(tmp_path: Path) -> tuple[Path, object, tuple[int, ...]]:
+    """Exports the 3d_fullres fixture's whole prediction pipeline; returns (path, the eager
+    pipeline, a volume shape of several tiles)."""
+    from nnunet_export import load_complete, to_torchscript
+    from nnunet_fixtures import get_fixture
+
+    pipeline = load_complete(get_fixture("3d_fullres").model_dir, folds=0).pipeline()
+    path = tmp_path / "pipeline.pt"
+    to_torchscript(pipeline, path)
+    patch = pipeline.patch_size
+    return path, pipeline, (pipeline.num_input_channels, patch[0] + 3, patch[1] * 2 - 3, patch[2] + 5)
+
+
 # --- building the example once per machine ---------------------------------------------------
 
 def _find_compiler() -> str | None:
@@ -136,6 +149,27 @@ def test_output_matches_python(infer_binary, exported, tmp_path):
     diff = float(np.abs(got.reshape(tuple(expected.shape)).astype(np.float64) - expected.double().numpy()).max())
     assert diff <= TOLERANCE, f"C++ and Python logits differ by {diff:.3g}"
     assert f"output shape      {' x '.join(map(str, expected.shape))}" in result.stdout.splitlines()
+
+
+def test_pipeline_gives_the_same_bits_as_python(infer_binary, tmp_path):
+    # Python's exact pipeline gives nnU-Net's bits (tests/test_pipeline_parity.py); C++ must too.
+    path, pipeline, shape = _exported_pipeline(tmp_path)
+    x = _write_input(tmp_path / "in.raw", shape)
+    result = _run(infer_binary, path, tmp_path / "in.raw", tmp_path / "out.raw", "--shape", _shape_arg(shape))
+    assert result.returncode == 0, result.stderr
+    assert "pipeline          exact (predict_logits on one preprocessed volume)" in result.stdout.splitlines()
+    expected = pipeline.predict_logits(x)
+    got = torch.from_numpy(np.fromfile(tmp_path / "out.raw", dtype="<f4").reshape(tuple(expected.shape)))
+    # float32 holds every fp16 value exactly: converting back gives the C++ side's fp16 bits.
+    assert torch.equal(got.half().view(torch.int16), expected.view(torch.int16))
+
+
+def test_pipeline_refuses_a_batch_shape(infer_binary, tmp_path):
+    path, pipeline, shape = _exported_pipeline(tmp_path)
+    _write_input(tmp_path / "in.raw", (1, *shape))
+    result = _run(infer_binary, path, tmp_path / "in.raw", tmp_path / "out.raw", "--shape", _shape_arg((1, *shape)))
+    _assert_error(result, f"--shape {' x '.join(map(str, (1, *shape)))} is not one preprocessed volume for this "
+                          "pipeline: expected 1,D,H,W")
 
 
 def test_prints_metadata(infer_binary, exported, tmp_path):

@@ -135,7 +135,8 @@ def exports(tmp_path_factory) -> dict[str, Export]:
                     report = to_exported_program(model, path, num_threads=THREADS)
                 else:
                     path = out_dir / f"{case}.pt"
-                    report = to_torchscript(model, path, method=method, num_threads=THREADS)
+                    # "full": the reports' two input shapes drive the fresh-process comparison
+                    report = to_torchscript(model, path, method=method, num_threads=THREADS, verify="full")
                 inputs = []
                 for shape in report.input_shapes:
                     x = torch.randn(shape, generator=generator)
@@ -329,3 +330,25 @@ def test_torchscript_file_holds_each_weight_once(exports, case):
     overhead = export.path.stat().st_size - data_bytes
     print(f"{case}: weights {weight_bytes} B, data/* {data_bytes} B, file {export.path.stat().st_size} B, "
           f"overhead {overhead} B")
+
+
+@pytest.mark.parametrize("name", ["3d_fullres", "2d", "multifold"])
+def test_default_verification_runs_one_small_input(name, tmp_path):
+    # Twice the total stride per axis (at most the patch): every fold's network runs once, cheaply.
+    fixture = get_fixture(name)
+    model = load_complete(fixture.model_dir, folds=_folds_for(fixture))
+    report = to_torchscript(model, tmp_path / "model.pt")
+    config = model.info.config
+    small = tuple(min(2 * f, p) for f, p in zip(_stride_factor(fixture), config.patch_size))
+    assert report.verified and report.input_shapes == [(1, config.num_input_channels, *small)]
+    assert report.max_abs_diff is not None and report.max_abs_diff <= TOLERANCE
+    assert small != tuple(config.patch_size)  # the check is cheaper than a patch-size pass
+
+
+def test_verify_accepts_only_true_false_or_full(tmp_path):
+    model = load_complete(get_fixture("2d").model_dir, folds=0)
+    with pytest.raises(nnunet_export.ExportError) as error:
+        to_torchscript(model, tmp_path / "model.pt", verify="fast")
+    assert str(error.value) == (
+        "verify must be True (a small input), 'full' (patch size and another size) or False, got 'fast'")
+    assert not (tmp_path / "model.pt").exists()

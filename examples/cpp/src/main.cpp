@@ -1,7 +1,10 @@
 // nnunet_infer: loads an nnunet_export TorchScript file with libtorch (no Python), prints its
-// metadata, runs one forward pass on a raw float32 input and writes the logits as raw float32.
+// metadata, runs it on a raw float32 input and writes the logits as raw float32.
 //
 //   nnunet_infer MODEL.pt INPUT.raw OUTPUT.raw --shape N,C,D,H,W   (2D models: N,C,H,W)
+//   nnunet_infer PIPELINE.pt INPUT.raw OUTPUT.raw --shape C,D,H,W  (a whole pipeline: one
+//       preprocessed volume through predict_logits; its fp16 logits are written as float32,
+//       which holds every fp16 value exactly)
 //
 // Exit status: 0 on success, 2 on a usage error, 1 on any other error; every error is one
 // line on stderr starting with "nnunet_infer: error: ".
@@ -21,7 +24,8 @@ namespace {
 using nnunet_infer::Metadata;
 
 constexpr char kMetadataName[] = "nnunet_export.json";
-constexpr char kUsage[] = "usage: nnunet_infer MODEL.pt INPUT.raw OUTPUT.raw --shape N,C,D,H,W (2D: N,C,H,W)";
+constexpr char kUsage[] =
+    "usage: nnunet_infer MODEL.pt INPUT.raw OUTPUT.raw --shape N,C,D,H,W (2D: N,C,H,W; pipelines: C,D,H,W)";
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -98,6 +102,15 @@ torch::jit::Module load_model(const std::string& path, Metadata& meta) {
 }
 
 void check_input_shape(const std::vector<int64_t>& shape, const Metadata& meta) {
+    if (meta.pipeline) {
+        // One volume (C, X, Y, Z); a 2D configuration predicts it slice by slice (C, slices, X, Y).
+        if (shape.size() != 4 || shape[0] != meta.num_input_channels) {
+            throw std::runtime_error("--shape " + nnunet_infer::shape_to_string(shape) +
+                                     " is not one preprocessed volume for this pipeline: expected " +
+                                     std::to_string(meta.num_input_channels) + ",D,H,W");
+        }
+        return;
+    }
     const auto spatial_axes = static_cast<int64_t>(shape.size()) - 2;
     const auto model_axes = static_cast<int64_t>(meta.patch_size.size());
     if (spatial_axes != model_axes) {
@@ -130,7 +143,7 @@ int run(const Arguments& args) {
         c10::InferenceMode guard;
         torch::jit::IValue result;
         try {
-            result = module.forward({input});
+            result = meta.pipeline ? module.get_method("predict_logits")({input}) : module.forward({input});
         } catch (const c10::Error& err) {
             throw std::runtime_error("forward failed on input " + nnunet_infer::shape_to_string(args.shape) + ": " +
                                      first_line(err.what_without_backtrace()));

@@ -129,6 +129,15 @@ Metadata parse_metadata(const std::string& json, const std::string& source) {
         meta.weights_sha256.emplace_back(hash->string, hash->valuestring);
     }
 
+    const cJSON* pipeline = cJSON_GetObjectItemCaseSensitive(doc, "pipeline");
+    if (pipeline != nullptr && !cJSON_IsNull(pipeline)) {
+        if (!cJSON_IsObject(pipeline)) {
+            reader.fail("pipeline", "must be an object of pipeline settings");
+        }
+        meta.pipeline = true;
+        meta.pipeline_mode = reader.string(pipeline, "pipeline.", "mode", true);
+    }
+
     const cJSON* config = reader.member(doc, "", "model_config");
     if (!cJSON_IsObject(config)) {
         reader.fail("model_config", "must be an object");
@@ -175,6 +184,9 @@ void print_metadata(std::ostream& out, const Metadata& meta) {
     row("patch size", patch);
     row("input channels", std::to_string(meta.num_input_channels));
     row("output channels", std::to_string(meta.num_output_channels));
+    if (meta.pipeline) {
+        row("pipeline", meta.pipeline_mode + " (predict_logits on one preprocessed volume)");
+    }
     for (const auto& [fold_name, digest] : meta.weights_sha256) {
         row("sha256 fold " + fold_name, digest);
     }

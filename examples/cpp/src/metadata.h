@@ -26,6 +26,10 @@ struct Metadata {
     std::vector<int64_t> patch_size;
     int64_t num_input_channels = 0;
     int64_t num_output_channels = 0;
+    // A whole prediction pipeline (metadata "pipeline" present): predict_logits takes one
+    // preprocessed volume (C, *spatial) and returns fp16 logits; otherwise forward takes a batch.
+    bool pipeline = false;
+    std::string pipeline_mode;  // "exact" or "fast" for a pipeline
 };
 
 // Parses the document; `source` names the model file in messages. Throws std::runtime_error
