@@ -64,11 +64,11 @@ SIGNATURES = {
     "read_model_config": (
         "(model_dir: 'Union[str, os.PathLike]', configuration: 'Optional[str]' = None) -> 'ModelConfig'"),
     "to_exported_program": (
-        "(module_or_model_dir, path: 'Union[str, os.PathLike]', *, verify: 'bool' = True, "
+        "(module_or_model_dir, path: 'Union[str, os.PathLike]', *, verify: 'Union[bool, str]' = True, "
         "tolerance: 'float' = 1e-06, progress: 'Callable[[str], Any] | None' = None, **load_kwargs) "
         "-> 'ExportReport'"),
     "to_torchscript": (
-        "(module_or_model_dir, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'bool' = True, "
+        "(module_or_model_dir, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'Union[bool, str]' = True, "
         "tolerance: 'float' = 1e-06, progress: 'Callable[[str], Any] | None' = None, **load_kwargs) "
         "-> 'ExportReport'"),
     "unpatch_nnunet": "() -> 'None'",
@@ -97,10 +97,10 @@ METHODS = {
     "NnUNetModel": {
         "forward": "(self, x: 'torch.Tensor') -> 'torch.Tensor'",
         "to_torchscript": (
-            "(self, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'bool' = True, "
+            "(self, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'Union[bool, str]' = True, "
             "tolerance: 'float' = 1e-06, progress: 'Callable[[str], Any] | None' = None) -> 'ExportReport'"),
         "to_exported_program": (
-            "(self, path: 'Union[str, os.PathLike]', *, verify: 'bool' = True, tolerance: 'float' = 1e-06, "
+            "(self, path: 'Union[str, os.PathLike]', *, verify: 'Union[bool, str]' = True, tolerance: 'float' = 1e-06, "
             "progress: 'Callable[[str], Any] | None' = None) -> 'ExportReport'"),
         "pipeline": (
             "(self, tile_step_size: 'float' = 0.5, use_gaussian: 'bool' = True, use_mirroring: 'bool' = True, "
