@@ -21,6 +21,9 @@
 
 #define NX_VERSION "0.1.0"
 
+/* Number of elements of a C array (not a pointer). */
+#define NX_COUNT(array) (sizeof(array) / sizeof((array)[0]))
+
 /* ---- JSON documents (json_read.c) for the plans reader ----
  * Each failing jr_* function sets doc->error with "<file>: <key path>: <reason>" and returns -1
  * (NULL for functions returning pointers). cJSON nodes are borrowed from the document. */
@@ -89,6 +92,10 @@ int nx_add_checkpoint_functions(PyObject *module);
 int nx_add_plans_functions(PyObject *module);
 int nx_add_thread_functions(PyObject *module);
 int nx_add_metadata_functions(PyObject *module);
+
+/* torch's intra-op thread count: through the stable C ABI when bound (threads.c), else
+ * torch.get_num_threads(). Returns -1 with an exception set on failure. */
+long nx_torch_num_threads(void);
 
 /* ---- checkpoint reader (mapping.c, zip_container.c, crc32.c, pickle_globals.c, unpickler.c,
  *      materialize.c, checkpoint.c) ----

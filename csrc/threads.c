@@ -24,7 +24,6 @@ typedef struct {
     long requested_threads;   /* 0: leave the count alone */
     int entered;
     long saved_threads;
-    long saved_interop_threads;
     PyObject *saved_cudnn_benchmark; /* owned */
     PyObject *saved_grad_enabled;    /* owned */
     PyObject *saved_default_dtype;   /* owned */
@@ -64,7 +63,7 @@ static long threads_torch_get_long(const char *attr)
     return result;
 }
 
-static long threads_current_num_threads(void)
+long nx_torch_num_threads(void)
 {
     uint32_t n = 0;
 
@@ -163,12 +162,8 @@ static PyObject *threads_guard_enter(threads_guard *self, PyObject *Py_UNUSED(ig
         PyErr_SetString(PyExc_RuntimeError, "ThreadGuard is not re-entrant: make a new one");
         return NULL;
     }
-    self->saved_threads = threads_current_num_threads();
+    self->saved_threads = nx_torch_num_threads();
     if (self->saved_threads < 0) {
-        goto error;
-    }
-    self->saved_interop_threads = threads_torch_get_long("get_num_interop_threads");
-    if (self->saved_interop_threads < 0) {
         goto error;
     }
     cudnn = PyImport_ImportModule("torch.backends.cudnn");
@@ -198,7 +193,7 @@ error:
  * earlier one fails; the first failure is reported. */
 static PyObject *threads_guard_exit(threads_guard *self, PyObject *args)
 {
-    PyObject *exc_type = NULL, *exc_value = NULL, *exc_tb = NULL;
+    PyObject *first_error = NULL; /* owned: the first failure, raised at the end */
     PyObject *cudnn = NULL, *grad = NULL;
     long now;
     int failed = 0;
@@ -211,49 +206,43 @@ static PyObject *threads_guard_exit(threads_guard *self, PyObject *args)
     }
     self->entered = 0;
 
-    now = threads_current_num_threads();
+    now = nx_torch_num_threads();
     if (now < 0 || (now != self->saved_threads && threads_set_num_threads(self->saved_threads) < 0)) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
-    /* set_num_interop_threads may be called once per process; it never changes afterwards,
-     * so it is only checked, never set. */
-    now = threads_torch_get_long("get_num_interop_threads");
-    if (now < 0 && !failed) {
-        failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    }
+    /* set_num_interop_threads may be called once per process, so the guard never touches it. */
     PyErr_Clear();
     cudnn = PyImport_ImportModule("torch.backends.cudnn");
     if (cudnn == NULL || PyObject_SetAttrString(cudnn, "benchmark", self->saved_cudnn_benchmark) < 0) {
         if (!failed) {
             failed = 1;
-            PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+            first_error = nx_take_exception();
         }
     }
     PyErr_Clear();
     grad = threads_torch_call("torch", "set_grad_enabled", self->saved_grad_enabled);
     if (grad == NULL && !failed) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     PyErr_Clear();
     if (threads_torch_set("torch", "set_default_dtype", self->saved_default_dtype) < 0 && !failed) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     PyErr_Clear();
     if (!failed && threads_stable_get_num_threads != NULL &&
         threads_stable_get_num_threads(&check) == 0 && (long)check != self->saved_threads) {
         failed = 1;
         PyErr_Format(PyExc_RuntimeError, kRestoreFailed, check, self->saved_threads);
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     Py_XDECREF(grad);
     Py_XDECREF(cudnn);
     threads_guard_release_saved(self);
     if (failed) {
-        PyErr_Restore(exc_type, exc_value, exc_tb);
+        nx_restore_exception(first_error);
         return NULL;
     }
     Py_RETURN_FALSE; /* never swallow the caller's exception */
