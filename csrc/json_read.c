@@ -19,15 +19,14 @@
 #define kOpenError "%s: cannot open: %s"
 #define kNotRegularError "%s: not a regular file"
 #define kTooLargeError "%s: file is %lld bytes, more than the %lld bytes allowed for a JSON file"
+#define kBufferTooLargeError "%s: document is %zu bytes, more than the %zu bytes allowed for JSON"
 #define kReadError "%s: cannot read: %s"
 #define kShortReadError "%s: file changed size while it was read"
 #define kSyntaxError "%s:%zu:%zu: malformed JSON: parsing stopped at this position"
 #define kTrailingError "%s:%zu:%zu: malformed JSON: unexpected data after the top-level value"
 #define kDuplicateKeyError "duplicate key \"%s\" (JSON allows it, but which value counts is ambiguous)"
-#define kWrongTypeError "expected %s, found %s"
 #define kNotIntegerError "expected an integer, found %s"
 #define kIntRangeError "expected an integer from %lld to %lld, found %s"
-#define kMissingKeyError "missing required key"
 #define kBadUtf8Error "string is not valid UTF-8"
 #define kHugeIntError "integer %s cannot be represented exactly (more than 2**53 in magnitude)"
 
@@ -295,12 +294,12 @@ void jr_init(jr_doc *doc, PyObject *error, const char *file)
     doc->file = file;
 }
 
-int jr_load(jr_doc *doc, size_t max_bytes)
+/* Parses doc->text (doc->size bytes, NUL-terminated). Returns 0, or -1 with the exception set. */
+static int jr_parse(jr_doc *doc)
 {
     const char *end = NULL;
     size_t line, column, offset;
 
-    if (jr_read_file(doc, max_bytes, &doc->text, &doc->size) < 0) return -1;
     /* cJSON also records a failure in a process-global; callers hold the GIL, which serialises
      * them, and nothing here reads that global: the position comes from `end`. */
     doc->root = cJSON_ParseWithLengthOpts(doc->text, doc->size, &end, 0);
@@ -327,6 +326,31 @@ int jr_load(jr_doc *doc, size_t max_bytes)
     return jr_mark_float_nodes(doc);
 }
 
+int jr_load(jr_doc *doc, size_t max_bytes)
+{
+    if (jr_read_file(doc, max_bytes, &doc->text, &doc->size) < 0) return -1;
+    return jr_parse(doc);
+}
+
+int jr_load_buffer(jr_doc *doc, const char *data, size_t len, size_t max_bytes)
+{
+    if (len > max_bytes) {
+        PyErr_Format(doc->error, kBufferTooLargeError, doc->file, len, max_bytes);
+        return -1;
+    }
+    /* A private NUL-terminated copy: cJSON reads one byte past the value, and the caller's buffer
+     * may change once the GIL is released elsewhere. */
+    doc->text = PyMem_Malloc(len + 1);
+    if (doc->text == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(doc->text, data, len);
+    doc->text[len] = '\0';
+    doc->size = len;
+    return jr_parse(doc);
+}
+
 void jr_release(jr_doc *doc)
 {
     cJSON_Delete(doc->root);
@@ -350,7 +374,7 @@ int jr_require(const jr_doc *doc, const char *parent_path, const cJSON *object, 
     *out = jr_find(object, key);
     if (*out == NULL) {
         jr_path_key(path, parent_path, key);
-        return jr_fail(doc, path, kMissingKeyError);
+        return jr_fail(doc, path, kMissingError);
     }
     return 0;
 }
@@ -358,7 +382,7 @@ int jr_require(const jr_doc *doc, const char *parent_path, const cJSON *object, 
 int jr_expect(const jr_doc *doc, const char *path, const cJSON *item, int type, const char *what)
 {
     if (item == NULL || (item->type & 0xFF) != type) {
-        return jr_fail(doc, path, kWrongTypeError, what, jr_type_name(item));
+        return jr_fail(doc, path, kTypeError, what, jr_type_name(item));
     }
     return 0;
 }
@@ -398,6 +422,15 @@ Py_ssize_t jr_array_size(const cJSON *array)
     Py_ssize_t n = 0;
     for (const cJSON *c = array->child; c != NULL; c = c->next) n++;
     return n;
+}
+
+int jr_put(PyObject *out, const char *key, PyObject *value)
+{
+    int rc;
+    if (value == NULL) return -1;
+    rc = PyDict_SetItemString(out, key, value);
+    Py_DECREF(value);
+    return rc;
 }
 
 PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s)
@@ -463,7 +496,7 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
         }
         break;
     default:
-        jr_fail(doc, path, kWrongTypeError, "a JSON value", jr_type_name(item));
+        jr_fail(doc, path, kTypeError, "a JSON value", jr_type_name(item));
         break;
     }
 bail:

@@ -30,9 +30,14 @@
 struct cJSON;
 #define JR_PATH_MAX 512
 
+/* Reasons shared by every JSON reader (the key path comes before them). */
+#define kTypeError "expected %s, found %s"
+#define kMissingError "missing required key"
+#define kLengthError "expected %zd entries (%s), found %zd"
+
 typedef struct {
     PyObject *error;                  /* borrowed: exception type raised on bad input */
-    const char *file;                 /* borrowed: file name shown in every message */
+    const char *file;                 /* borrowed: file name (or in-memory source) in messages */
     char *text;                       /* owned (PyMem): file contents, NUL-terminated */
     size_t size;                      /* bytes in text, without the NUL */
     struct cJSON *root;               /* owned: parsed tree */
@@ -41,7 +46,9 @@ typedef struct {
 } jr_doc;
 
 void jr_init(jr_doc *doc, PyObject *error, const char *file);
+/* Reads doc->file (jr_load) or copies `len` bytes of `data` (jr_load_buffer), then parses. */
 int jr_load(jr_doc *doc, size_t max_bytes);
+int jr_load_buffer(jr_doc *doc, const char *data, size_t len, size_t max_bytes);
 void jr_release(jr_doc *doc);
 int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -57,6 +64,9 @@ int jr_as_int(const jr_doc *doc, const char *path, const struct cJSON *item, lon
               long long max, long long *out);
 int jr_as_string(const jr_doc *doc, const char *path, const struct cJSON *item, const char **out);
 Py_ssize_t jr_array_size(const struct cJSON *array);
+/* Sets out[key] = value and drops the reference to value (NULL: an exception is already set).
+ * Returns 0, or -1. */
+int jr_put(PyObject *out, const char *key, PyObject *value);
 PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s);
 PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *item);
 

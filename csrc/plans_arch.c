@@ -11,9 +11,6 @@
 #define ARCH_MAX_STAGES 1000LL
 #define ARCH_MAX_SIZE 2147483647LL
 
-#define kMissingError "missing required key"
-#define kTypeError "expected %s, found %s"
-#define kLengthError "expected %zd entries (%s), found %zd"
 #define kOldClassError "unknown architecture \"%s\": the old-plans conversion only supports " \
                        "PlainConvUNet and ResidualEncoderUNet"
 #define kEmptyStagesError "expected at least one stage"
