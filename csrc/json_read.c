@@ -63,27 +63,48 @@ void jr_path_index(char *buf, const char *parent, Py_ssize_t index)
     snprintf(buf, JR_PATH_MAX, "%s[%zd]", parent, index);
 }
 
-int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
+static int jr_vfail(const jr_doc *doc, PyObject *type, const char *path, const char *fmt,
+                    va_list ap)
 {
     char detail[1024];
-    va_list ap;
 
-    va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
     if (path == NULL || path[0] == '\0') {
-        PyErr_Format(doc->error, "%s: %s", doc->file, detail);
+        PyErr_Format(type, "%s: %s", doc->file, detail);
     } else {
-        PyErr_Format(doc->error, "%s: %s: %s", doc->file, path, detail);
+        PyErr_Format(type, "%s: %s: %s", doc->file, path, detail);
     }
     return -1;
 }
 
-/* Describes a value for a message: numbers and short strings verbatim, anything else by type. */
-static void jr_describe(const cJSON *item, char *buf, size_t n)
+int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    jr_vfail(doc, doc->error, path, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int jr_fail_as(const jr_doc *doc, PyObject *type, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    jr_vfail(doc, type, path, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int jr_written_as_float(const jr_doc *doc, const cJSON *item);
+
+void jr_describe(const jr_doc *doc, const cJSON *item, char *buf, size_t n)
 {
     if (cJSON_IsNumber(item)) {
         snprintf(buf, n, "%.17g", item->valuedouble);
+        /* 16.0 in the file: say so, or "expected an integer, found 16" reads as a contradiction */
+        if (jr_written_as_float(doc, item) && strpbrk(buf, ".eni") == NULL) {
+            strncat(buf, ".0", n - strlen(buf) - 1);
+        }
     } else if (cJSON_IsString(item) && strlen(item->valuestring) < 64) {
         snprintf(buf, n, "\"%s\"", item->valuestring);
     } else {
@@ -397,7 +418,7 @@ int jr_as_int(const jr_doc *doc, const char *path, const cJSON *item, long long 
         return jr_fail(doc, path, kNotIntegerError, jr_type_name(item));
     }
     d = item->valuedouble;
-    jr_describe(item, found, sizeof(found));
+    jr_describe(doc, item, found, sizeof(found));
     /* Python's json gives a float for 3.0; nnU-Net would then fail on it as a size, and so do we. */
     if (!isfinite(d) || d != floor(d) || jr_written_as_float(doc, item)) {
         return jr_fail(doc, path, kNotIntegerError, found);
@@ -461,7 +482,7 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
             jr_written_as_float(doc, item)) {
             result = PyFloat_FromDouble(item->valuedouble);
         } else if (fabs(item->valuedouble) > JR_EXACT_INT_LIMIT) {
-            jr_describe(item, found, sizeof(found));
+            jr_describe(doc, item, found, sizeof(found));
             jr_fail(doc, path, kHugeIntError, found);
         } else {
             /* Integral and within +-2**53: the cast is exact and defined. */

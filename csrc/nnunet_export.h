@@ -52,6 +52,12 @@ int jr_load_buffer(jr_doc *doc, const char *data, size_t len, size_t max_bytes);
 void jr_release(jr_doc *doc);
 int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like jr_fail, with exception `type` instead of doc->error. */
+int jr_fail_as(const jr_doc *doc, PyObject *type, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Describes a value for a message: numbers (16.0 when written so) and short strings verbatim,
+ * anything else by its type. */
+void jr_describe(const jr_doc *doc, const struct cJSON *item, char *buf, size_t n);
 void jr_path_key(char *buf, const char *parent, const char *key);
 void jr_path_index(char *buf, const char *parent, Py_ssize_t index);
 const char *jr_type_name(const struct cJSON *item);
@@ -75,6 +81,29 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *
 typedef struct plans_config plans_config; /* resolved configuration, defined in plans.c */
 const struct cJSON *plans_config_get(const plans_config *cfg, const char *key, char *path);
 int arch_resolve(const jr_doc *plans, const plans_config *cfg, Py_ssize_t ndim, PyObject *out);
+
+/* Where arch_kwargs being checked live (arch_kwargs.c): a plans file's architecture block, the
+ * old plans keys they were converted from, or a document handed to check_arch_kwargs. */
+typedef struct {
+    const jr_doc *doc;        /* borrowed */
+    const plans_config *cfg;  /* borrowed; NULL outside a plans file */
+    const char *kwargs_path;  /* borrowed: key path of arch_kwargs ("" for a bare document) */
+    const char *axes_why;     /* borrowed: why a kernel size has ndim entries, for messages */
+    PyObject *unsupported;    /* borrowed: UnsupportedArchitectureError */
+    int converted;            /* 1 when arch_kwargs was built from old plans keys */
+} arch_ctx;
+
+/* Checks arch_kwargs of PlainConvUNet / ResidualEncoderUNet (`class_name`, dotted or bare)
+ * against what their constructors assert; other classes pass. Returns 0, or -1 with PlansError. */
+int arch_check_structure(const arch_ctx *ctx, const char *class_name, const struct cJSON *kwargs,
+                         Py_ssize_t ndim);
+/* Key path of kwarg `name` (its old plans key when converted) into `path` (JR_PATH_MAX). */
+void arch_kw_path(const arch_ctx *ctx, const char *name, char *path);
+int nx_add_arch_functions(PyObject *module);
+
+/* Python value (dict/list/tuple/str/int/float/bool/None) as a cJSON tree (metadata_json.c);
+ * messages name `root_path`. NULL with ExportError / MemoryError set. */
+struct cJSON *nx_python_to_cjson(PyObject *module, PyObject *obj, PyObject *root_path);
 int labels_resolve(const jr_doc *dataset, int is_cascade_stage, Py_ssize_t *num_channels,
                    PyObject *out);
 
@@ -83,6 +112,7 @@ typedef struct {
     PyObject *CheckpointError;       /* unreadable or malformed checkpoint file */
     PyObject *UnsafeCheckpointError; /* checkpoint asks for a global outside the allowlist */
     PyObject *PlansError;            /* plans.json / dataset.json problems */
+    PyObject *UnsupportedArchitectureError; /* network class, op or keyword not built here */
     PyObject *WeightsMismatchError;  /* state dict does not fit the network */
     /* checkpoint reader state (owned references, may be NULL until first use) */
     PyObject *ordered_dict_type;     /* collections.OrderedDict */

@@ -1,6 +1,6 @@
-/* The architecture block of a configuration: validation of arch_kwargs for the network classes
- * nnU-Net ships (PlainConvUNet, ResidualEncoderUNet) and the in-memory conversion of old plans
- * (before nnU-Net 2.3) that ConfigurationManager.__init__ performs. */
+/* The architecture block of a configuration: its shape, the _kw_requires_import list, and the
+ * in-memory conversion of old plans (before nnU-Net 2.3) that ConfigurationManager.__init__
+ * performs. The arch_kwargs rules themselves live in arch_kwargs.c. */
 #include "nnunet_export.h"
 
 #include <cjson/cJSON.h>
@@ -8,149 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ARCH_MAX_STAGES 1000LL
 #define ARCH_MAX_SIZE 2147483647LL
 
 #define kOldClassError "unknown architecture \"%s\": the old-plans conversion only supports " \
                        "PlainConvUNet and ResidualEncoderUNet"
 #define kEmptyStagesError "expected at least one stage"
 #define kImportKeyError "names \"%s\", which is not a key of arch_kwargs"
-
-/* Where the checked values live: arch_kwargs of a modern block, or the old keys they came from. */
-typedef struct {
-    const jr_doc *doc;         /* borrowed */
-    const plans_config *cfg;   /* borrowed */
-    const char *kwargs_path;   /* borrowed: "configurations.X.architecture.arch_kwargs" */
-    int converted;             /* 1 when arch_kwargs was built from old plans keys */
-} arch_ctx;
-
-/* Old plans key each converted kwarg was copied from (ConfigurationManager's conversion). */
-static const char *arch_old_key(const char *name)
-{
-    if (strcmp(name, "strides") == 0) return "pool_op_kernel_sizes";
-    if (strcmp(name, "kernel_sizes") == 0) return "conv_kernel_sizes";
-    if (strcmp(name, "n_conv_per_stage") == 0 || strcmp(name, "n_blocks_per_stage") == 0) {
-        return "n_conv_per_stage_encoder";
-    }
-    if (strcmp(name, "n_conv_per_stage_decoder") == 0) return "n_conv_per_stage_decoder";
-    return NULL;
-}
-
-static void arch_kw_path(const arch_ctx *ctx, const char *name, char *path)
-{
-    const char *old = ctx->converted ? arch_old_key(name) : NULL;
-    if (old != NULL) {
-        plans_config_get(ctx->cfg, old, path);
-    } else {
-        jr_path_key(path, ctx->kwargs_path, name);
-    }
-}
-
-/* A positive integer, or (axes_ok) a list of ndim positive integers: one stage's kernel/stride. */
-static int arch_check_size(const arch_ctx *ctx, const char *path, const cJSON *item, int axes_ok,
-                           Py_ssize_t ndim)
-{
-    char child[JR_PATH_MAX];
-    long long v;
-    Py_ssize_t i = 0, n;
-
-    if (!axes_ok || !cJSON_IsArray(item)) {
-        return jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &v);
-    }
-    n = jr_array_size(item);
-    if (n != ndim) return jr_fail(ctx->doc, path, kLengthError, ndim, "one per patch_size axis", n);
-    for (const cJSON *c = item->child; c != NULL; c = c->next, i++) {
-        jr_path_index(child, path, i);
-        if (jr_as_int(ctx->doc, child, c, 1, ARCH_MAX_SIZE, &v) < 0) return -1;
-    }
-    return 0;
-}
-
-/* A per-stage kwarg: one value for all stages (dynamic-network-architectures accepts an int) or
- * a list of exactly `want` entries. */
-static int arch_check_stages(const arch_ctx *ctx, const cJSON *kwargs, const char *name,
-                             Py_ssize_t want, const char *why, int axes_ok, Py_ssize_t ndim)
-{
-    char path[JR_PATH_MAX], child[JR_PATH_MAX];
-    const cJSON *item = jr_find(kwargs, name);
-    Py_ssize_t n, i = 0;
-
-    arch_kw_path(ctx, name, path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (cJSON_IsNumber(item)) return arch_check_size(ctx, path, item, 0, ndim);
-    if (jr_expect(ctx->doc, path, item, cJSON_Array, "a list or an integer") < 0) return -1;
-    n = jr_array_size(item);
-    if (n != want) return jr_fail(ctx->doc, path, kLengthError, want, why, n);
-    for (const cJSON *c = item->child; c != NULL; c = c->next, i++) {
-        jr_path_index(child, path, i);
-        if (arch_check_size(ctx, child, c, axes_ok, ndim) < 0) return -1;
-    }
-    return 0;
-}
-
-/* An optional kwarg that must be one of two JSON types when present. */
-static int arch_check_optional(const arch_ctx *ctx, const cJSON *kwargs, const char *name,
-                               int type, const char *what)
-{
-    char path[JR_PATH_MAX];
-    const cJSON *item = jr_find(kwargs, name);
-    int ok;
-
-    if (item == NULL || cJSON_IsNull(item)) return 0;
-    ok = type == cJSON_True ? cJSON_IsBool(item) : (item->type & 0xFF) == type;
-    if (!ok) {
-        arch_kw_path(ctx, name, path);
-        return jr_fail(ctx->doc, path, kTypeError, what, jr_type_name(item));
-    }
-    return 0;
-}
-
-/* Checks arch_kwargs of the classes nnU-Net's planners produce against what their constructors
- * assert, so a bad plans file fails here with a key path instead of deep inside torch. */
-static int arch_check_known(const arch_ctx *ctx, const char *class_name, const cJSON *kwargs,
-                            Py_ssize_t ndim)
-{
-    char path[JR_PATH_MAX];
-    const char *dot = strrchr(class_name, '.');
-    const char *short_name = dot ? dot + 1 : class_name;
-    const char *blocks = NULL;
-    const cJSON *item = NULL;
-    long long n_stages;
-
-    if (strcmp(short_name, "PlainConvUNet") == 0) blocks = "n_conv_per_stage";
-    else if (strcmp(short_name, "ResidualEncoderUNet") == 0) blocks = "n_blocks_per_stage";
-    else return 0; /* a custom class: its kwargs are its own business */
-
-    item = jr_find(kwargs, "n_stages");
-    arch_kw_path(ctx, "n_stages", path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_STAGES, &n_stages) < 0) return -1;
-
-    if (arch_check_stages(ctx, kwargs, "features_per_stage", (Py_ssize_t)n_stages, "n_stages", 0,
-                          ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "kernel_sizes", (Py_ssize_t)n_stages, "n_stages", 1,
-                          ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "strides", (Py_ssize_t)n_stages, "n_stages", 1, ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, blocks, (Py_ssize_t)n_stages, "n_stages", 0, ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "n_conv_per_stage_decoder", (Py_ssize_t)n_stages - 1,
-                          "n_stages - 1", 0, ndim) < 0) {
-        return -1;
-    }
-    item = jr_find(kwargs, "conv_op");
-    arch_kw_path(ctx, "conv_op", path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (jr_expect(ctx->doc, path, item, cJSON_String, "a string") < 0) return -1;
-    if (arch_check_optional(ctx, kwargs, "norm_op", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "dropout_op", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "nonlin", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "norm_op_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "dropout_op_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "nonlin_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "conv_bias", cJSON_True, "a boolean") < 0) {
-        return -1;
-    }
-    return 0;
-}
 
 /* get_network_from_plans looks every _kw_requires_import entry up in arch_kwargs. */
 static int arch_check_imports(const arch_ctx *ctx, const char *path, const cJSON *imports,
@@ -322,7 +185,7 @@ int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, Py
     const cJSON *kwargs = NULL, *class_item = NULL, *imports = NULL;
     cJSON *converted = NULL;
     PyObject *block = NULL, *value = NULL;
-    arch_ctx ctx = {doc, cfg, kwargs_path, 0};
+    arch_ctx ctx = {doc, cfg, kwargs_path, "one per patch_size axis", NULL, 0};
     int rc = -1;
 
     jr_path_key(kwargs_path, arch_path, "arch_kwargs");
@@ -347,7 +210,7 @@ int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, Py
     jr_path_key(path, arch_path, "_kw_requires_import");
     if (jr_require(doc, arch_path, arch, "_kw_requires_import", &imports) < 0 ||
         arch_check_imports(&ctx, path, imports, kwargs) < 0 ||
-        arch_check_known(&ctx, class_item->valuestring, kwargs, ndim) < 0) {
+        arch_check_structure(&ctx, class_item->valuestring, kwargs, ndim) < 0) {
         goto bail;
     }
     block = PyDict_New();
