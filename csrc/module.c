@@ -46,6 +46,16 @@ static int nx_exec(PyObject *module)
                          st->ExportError) < 0) {
         return -1;
     }
+    /* The unpickler and the materialiser compare and build OrderedDicts on every read. */
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return -1;
+    }
+    st->ordered_dict_type = PyObject_GetAttrString(collections, "OrderedDict");
+    Py_DECREF(collections);
+    if (st->ordered_dict_type == NULL) {
+        return -1;
+    }
     if (PyModule_AddStringConstant(module, "__version__", NX_VERSION) < 0) {
         return -1;
     }

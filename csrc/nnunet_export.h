@@ -8,6 +8,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* One NumPy C-API table for all translation units; only module.c imports it. */
 #define PY_ARRAY_UNIQUE_SYMBOL nnunet_export_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
@@ -16,10 +19,16 @@
 #endif
 #include <numpy/arrayobject.h>
 
-#include <stddef.h>
-#include <stdint.h>
 
 #define NX_VERSION "0.1.0"
+
+/* Little-endian integers of the ZIP container and the pickle, read byte by byte (any alignment). */
+static inline uint16_t nx_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t nx_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t nx_le64(const uint8_t *p) { return nx_le32(p) | ((uint64_t)nx_le32(p + 4) << 32); }
 
 /* Number of elements of a C array (not a pointer). */
 #define NX_COUNT(array) (sizeof(array) / sizeof((array)[0]))
@@ -114,7 +123,7 @@ typedef struct {
     PyObject *PlansError;            /* plans.json / dataset.json problems */
     PyObject *UnsupportedArchitectureError; /* network class, op or keyword not built here */
     PyObject *WeightsMismatchError;  /* state dict does not fit the network */
-    /* checkpoint reader state (owned references, may be NULL until first use) */
+    /* checkpoint reader state (owned references, set at module init) */
     PyObject *ordered_dict_type;     /* collections.OrderedDict */
     PyObject *mapping_type;          /* nnunet_export._core._Mapping (heap type, set at init) */
     PyObject *lazy_type;             /* nnunet_export._core._Lazy (heap type, set at init) */

@@ -16,6 +16,12 @@ static const char kUpkUnknownOpcode[] =
     "opcodes torch's weights-only loader accepts are";
 static const char kUpkTruncated[] = "checkpoint '%U': %s ends inside opcode %s at byte %llu";
 static const char kUpkNoStop[] = "checkpoint '%U': %s ends without STOP";
+static const char kUpkProtocolError[] = "only protocol 2 (first opcode) is accepted";
+static const char kUpkShortStackError[] = "not enough items on the stack";
+static const char kUpkAppendError[] = "needs a list and an item";
+static const char kUpkSetitemError[] = "needs a dict, a key and a value";
+static const char kUpkUtf8Error[] = "string is not UTF-8";
+static const char kUpkPersidError[] = "persistent id is not a tuple";
 
 /* ---- the VM ---- */
 
@@ -425,42 +431,26 @@ static const char *upk_opcode_name(uint8_t op)
     }
 }
 
-/* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
-static int upk_step(upk_vm *vm)
+/* The load_* families below each handle the opcodes of one kind, like CPython's _pickle.c; each
+ * returns 1 at STOP, 0 to continue, -1 on error, and 2 when `op` is not one of theirs. */
+#define UPK_NOT_MINE 2
+
+/* PROTO, STOP, MARK and the opcodes that build a container from stack items. */
+static int upk_load_structure(upk_vm *vm, uint8_t op)
 {
     const uint8_t *p;
-    uint8_t op;
-    vm->op_at = vm->pos;
-    vm->op = "?";
-    if ((p = upk_read(vm, 1)) == NULL) {
-        return -1;
-    }
-    op = *p;
+    size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+    Py_ssize_t start;
+
     switch (op) {
-    case 0x80: /* PROTO */
+    case 0x80:
         vm->op = "PROTO";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
-        if (vm->op_at != 0 || *p > 2) {
-            return upk_fail(vm, "only protocol 2 (first opcode) is accepted");
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
+        if (vm->op_at != 0 || *p > 2) return upk_fail(vm, kUpkProtocolError);
         return 0;
-    case '.': /* STOP */
+    case '.':
         vm->op = "STOP";
         return 1;
-    case 'c':
-        vm->op = "GLOBAL";
-        return upk_global(vm);
-    case 'R':
-        vm->op = "REDUCE";
-        return upk_reduce(vm, 0);
-    case 0x81:
-        vm->op = "NEWOBJ";
-        return upk_reduce(vm, 1);
-    case 'b':
-        vm->op = "BUILD";
-        return upk_build(vm);
     case '(':
         vm->op = "MARK";
         if (vm->nmarks == vm->marks_cap) {
@@ -475,185 +465,191 @@ static int upk_step(upk_vm *vm)
         }
         vm->marks[vm->nmarks++] = vm->sp;
         return 0;
-    case ')':
-        vm->op = "EMPTY_TUPLE";
-        return upk_push(vm, PyTuple_New(0));
     case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
         static const char *names[] = {"TUPLE1", "TUPLE2", "TUPLE3"};
         size_t n = (size_t)(op - 0x84);
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
         vm->op = names[n - 1];
-        if (vm->sp < floor + n) {
-            return upk_fail(vm, "not enough items on the stack");
-        }
+        if (vm->sp < floor + n) return upk_fail(vm, kUpkShortStackError);
         return upk_push(vm, upk_tuple_from(vm, vm->sp - n));
     }
-    case 't': {
+    case 't':
         vm->op = "TUPLE";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_push(vm, upk_tuple_from(vm, (size_t)start));
-    }
-    case ']':
-        vm->op = "EMPTY_LIST";
-        return upk_push(vm, PyList_New(0));
-    case '}':
-        vm->op = "EMPTY_DICT";
-        return upk_push(vm, PyDict_New());
-    case 0x8f:
-        vm->op = "EMPTY_SET";
-        return upk_push(vm, PySet_New(NULL));
-    case 'a': {
+    case 'a':
         vm->op = "APPEND";
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
-        if (vm->sp < floor + 2) {
-            return upk_fail(vm, "needs a list and an item");
-        }
+        if (vm->sp < floor + 2) return upk_fail(vm, kUpkAppendError);
         return upk_appends(vm, (Py_ssize_t)vm->sp - 1);
-    }
-    case 'e': {
+    case 'e':
         vm->op = "APPENDS";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_appends(vm, start);
-    }
-    case 's': {
+    case 's':
         vm->op = "SETITEM";
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
-        if (vm->sp < floor + 3) {
-            return upk_fail(vm, "needs a dict, a key and a value");
-        }
+        if (vm->sp < floor + 3) return upk_fail(vm, kUpkSetitemError);
         return upk_setitems(vm, (Py_ssize_t)vm->sp - 2);
-    }
-    case 'u': {
+    case 'u':
         vm->op = "SETITEMS";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_setitems(vm, start);
+    default:
+        return UPK_NOT_MINE;
     }
+}
+
+/* Constants: empty containers, None, True, False, ints and floats. */
+static int upk_load_constant(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+    double d;
+
+    switch (op) {
+    case ')': vm->op = "EMPTY_TUPLE"; return upk_push(vm, PyTuple_New(0));
+    case ']': vm->op = "EMPTY_LIST"; return upk_push(vm, PyList_New(0));
+    case '}': vm->op = "EMPTY_DICT"; return upk_push(vm, PyDict_New());
+    case 0x8f: vm->op = "EMPTY_SET"; return upk_push(vm, PySet_New(NULL));
+    case 'N': vm->op = "NONE"; return upk_push(vm, Py_NewRef(Py_None));
+    case 0x88: vm->op = "NEWTRUE"; return upk_push(vm, Py_NewRef(Py_True));
+    case 0x89: vm->op = "NEWFALSE"; return upk_push(vm, Py_NewRef(Py_False));
     case 'J':
         vm->op = "BININT";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_push(vm, PyLong_FromLong((long)(int32_t)((uint32_t)p[0] | ((uint32_t)p[1] << 8) |
-                                                            ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24))));
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_push(vm, PyLong_FromLong((long)(int32_t)nx_le32(p)));
     case 'K':
         vm->op = "BININT1";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_push(vm, PyLong_FromLong(p[0]));
     case 'M':
         vm->op = "BININT2";
-        if ((p = upk_read(vm, 2)) == NULL) {
-            return -1;
-        }
-        return upk_push(vm, PyLong_FromLong(p[0] | (p[1] << 8)));
+        if ((p = upk_read(vm, 2)) == NULL) return -1;
+        return upk_push(vm, PyLong_FromLong(nx_le16(p)));
     case 0x8a:
         vm->op = "LONG1";
-        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) return -1;
         return upk_push(vm, upk_long(p, vm->data[vm->op_at + 1]));
-    case 'G': {
+    case 'G':
         vm->op = "BINFLOAT";
-        if ((p = upk_read(vm, 8)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 8)) == NULL) return -1;
 #if PY_VERSION_HEX >= 0x030B0000
-        double d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
+        d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
 #else
-        double d = _PyFloat_Unpack8(p, 0);
+        d = _PyFloat_Unpack8(p, 0);
 #endif
-        if (d == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
+        if (d == -1.0 && PyErr_Occurred()) return -1;
         return upk_push(vm, PyFloat_FromDouble(d));
+    default:
+        return UPK_NOT_MINE;
     }
-    case 'X': {
+}
+
+/* BINUNICODE and SHORT_BINSTRING (torch.load decodes protocol-2 byte strings as UTF-8). */
+static int upk_load_string(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+    uint64_t n;
+    PyObject *s;
+
+    if (op == 'X') {
         vm->op = "BINUNICODE";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        uint64_t n = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 24);
-        /* The declared length is checked against the remaining bytes before anything is allocated. */
-        if ((p = upk_read(vm, n)) == NULL) {
-            return -1;
-        }
-        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogatepass");
-        if (s == NULL) {
-            return upk_fail_from_python(vm, "string is not UTF-8");
-        }
-        return upk_push(vm, s);
-    }
-    case 'U': {
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        n = nx_le32(p);
+    } else if (op == 'U') {
         vm->op = "SHORT_BINSTRING";
-        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
-            return -1;
-        }
-        /* torch.load decodes protocol-2 byte strings with encoding='utf-8' */
-        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, vm->data[vm->op_at + 1], "strict");
-        if (s == NULL) {
-            return upk_fail_from_python(vm, "string is not UTF-8");
-        }
-        return upk_push(vm, s);
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
+        n = p[0];
+    } else {
+        return UPK_NOT_MINE;
     }
+    /* The declared length is checked against the remaining bytes before anything is allocated. */
+    if ((p = upk_read(vm, n)) == NULL) return -1;
+    s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, op == 'X' ? "surrogatepass" : "strict");
+    if (s == NULL) return upk_fail_from_python(vm, kUpkUtf8Error);
+    return upk_push(vm, s);
+}
+
+/* BINGET, LONG_BINGET, BINPUT, LONG_BINPUT. */
+static int upk_load_memo(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+
+    switch (op) {
     case 'h':
         vm->op = "BINGET";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_memo_get(vm, p[0]);
     case 'j':
         vm->op = "LONG_BINGET";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_memo_get(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
-                                    ((uint64_t)p[3] << 24));
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_memo_get(vm, nx_le32(p));
     case 'q':
         vm->op = "BINPUT";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_memo_put(vm, p[0]);
     case 'r':
         vm->op = "LONG_BINPUT";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_memo_put(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
-                                    ((uint64_t)p[3] << 24));
-    case 'Q': {
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_memo_put(vm, nx_le32(p));
+    default:
+        return UPK_NOT_MINE;
+    }
+}
+
+/* GLOBAL, REDUCE, NEWOBJ, BUILD, BINPERSID: what the pickle asks to construct, recorded as
+ * nx_lazy placeholders that nothing here calls. */
+static int upk_load_object(upk_vm *vm, uint8_t op)
+{
+    PyObject *pid = NULL;
+    nx_lazy *z = NULL;
+
+    switch (op) {
+    case 'c': vm->op = "GLOBAL"; return upk_global(vm);
+    case 'R': vm->op = "REDUCE"; return upk_reduce(vm, 0);
+    case 0x81: vm->op = "NEWOBJ"; return upk_reduce(vm, 1);
+    case 'b': vm->op = "BUILD"; return upk_build(vm);
+    case 'Q':
         vm->op = "BINPERSID";
-        PyObject *pid = upk_pop(vm);
-        if (pid == NULL) {
-            return -1;
-        }
+        pid = upk_pop(vm);
+        if (pid == NULL) return -1;
         if (!PyTuple_CheckExact(pid)) {
             Py_DECREF(pid);
-            return upk_fail(vm, "persistent id is not a tuple");
+            return upk_fail(vm, kUpkPersidError);
         }
-        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_PERSID);
+        z = nx_lazy_new(vm->st, NX_LAZY_PERSID);
         if (z == NULL) {
             Py_DECREF(pid);
             return -1;
         }
         z->args = pid;
         return upk_push(vm, (PyObject *)z);
-    }
-    case 'N':
-        vm->op = "NONE";
-        return upk_push(vm, Py_NewRef(Py_None));
-    case 0x88:
-        vm->op = "NEWTRUE";
-        return upk_push(vm, Py_NewRef(Py_True));
-    case 0x89:
-        vm->op = "NEWFALSE";
-        return upk_push(vm, Py_NewRef(Py_False));
     default:
-        PyErr_Format(vm->st->CheckpointError, kUpkUnknownOpcode, vm->path, vm->entry,
-                     (unsigned long long)vm->op_at, (unsigned)op, upk_opcode_name(op));
+        return UPK_NOT_MINE;
+    }
+}
+
+/* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
+static int upk_step(upk_vm *vm)
+{
+    static int (*const families[])(upk_vm *, uint8_t) = {
+        upk_load_structure, upk_load_constant, upk_load_string, upk_load_memo, upk_load_object,
+    };
+    const uint8_t *p;
+    uint8_t op;
+
+    vm->op_at = vm->pos;
+    vm->op = "?";
+    if ((p = upk_read(vm, 1)) == NULL) {
         return -1;
     }
+    op = *p;
+    for (size_t i = 0; i < NX_COUNT(families); i++) {
+        int rc = families[i](vm, op);
+        if (rc != UPK_NOT_MINE) {
+            return rc;
+        }
+    }
+    PyErr_Format(vm->st->CheckpointError, kUpkUnknownOpcode, vm->path, vm->entry,
+                 (unsigned long long)vm->op_at, (unsigned)op, upk_opcode_name(op));
+    return -1;
 }
 
 PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uint8_t *data,
@@ -673,17 +669,6 @@ PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uin
     vm.build_states = PyDict_New();
     if (vm.build_states == NULL) {
         goto bail;
-    }
-    if (st->ordered_dict_type == NULL) {
-        PyObject *collections = PyImport_ImportModule("collections");
-        if (collections == NULL) {
-            goto bail;
-        }
-        st->ordered_dict_type = PyObject_GetAttrString(collections, "OrderedDict");
-        Py_DECREF(collections);
-        if (st->ordered_dict_type == NULL) {
-            goto bail;
-        }
     }
     vm.ordered_dict = st->ordered_dict_type;
     while (rc == 0) {

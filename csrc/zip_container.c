@@ -37,13 +37,6 @@ static const char kZipCrcError[] =
     "checkpoint '%U': entry '%s' (payload at byte %llu, %llu bytes) fails its CRC32 check "
     "(stored 0x%08x, computed 0x%08x): the file is corrupt";
 
-static uint16_t zipr_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t zipr_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-static uint64_t zipr_u64(const uint8_t *p) { return zipr_u32(p) | ((uint64_t)zipr_u32(p + 4) << 32); }
-
 /* True when [off, off+len) lies inside [0, limit); overflow-safe. */
 static int zipr_inside(uint64_t off, uint64_t len, uint64_t limit)
 {
@@ -111,8 +104,8 @@ static int zipr_find_directory(nx_state *st, const nx_mapping *map, uint64_t *cd
         uint64_t lowest = size - ZIPR_EOCD_SIZE > ZIPR_MAX_COMMENT ? size - ZIPR_EOCD_SIZE - ZIPR_MAX_COMMENT : 0;
         for (uint64_t pos = size - ZIPR_EOCD_SIZE + 1; pos-- > lowest;) {
             /* the comment must end exactly at the end of the file */
-            if (zipr_u32(b + pos) == ZIPR_EOCD_SIG &&
-                pos + ZIPR_EOCD_SIZE + zipr_u16(b + pos + 20) == size) {
+            if (nx_le32(b + pos) == ZIPR_EOCD_SIG &&
+                pos + ZIPR_EOCD_SIZE + nx_le16(b + pos + 20) == size) {
                 eocd = pos;
                 break;
             }
@@ -124,32 +117,32 @@ static int zipr_find_directory(nx_state *st, const nx_mapping *map, uint64_t *cd
         return -1;
     }
     const uint8_t *e = b + eocd;
-    if (zipr_u16(e + 4) != 0 || zipr_u16(e + 6) != 0 || zipr_u16(e + 8) != zipr_u16(e + 10)) {
+    if (nx_le16(e + 4) != 0 || nx_le16(e + 6) != 0 || nx_le16(e + 8) != nx_le16(e + 10)) {
         return zipr_record_error(st, map, "multi-disk ZIP archives are not supported", eocd);
     }
-    *count = zipr_u16(e + 10);
-    *cd_size = zipr_u32(e + 12);
-    *cd_off = zipr_u32(e + 16);
-    if (eocd >= ZIPR_LOC64_SIZE && zipr_u32(b + eocd - ZIPR_LOC64_SIZE) == ZIPR_LOC64_SIG) {
+    *count = nx_le16(e + 10);
+    *cd_size = nx_le32(e + 12);
+    *cd_off = nx_le32(e + 16);
+    if (eocd >= ZIPR_LOC64_SIZE && nx_le32(b + eocd - ZIPR_LOC64_SIZE) == ZIPR_LOC64_SIG) {
         const uint8_t *loc = b + eocd - ZIPR_LOC64_SIZE;
-        uint64_t off64 = zipr_u64(loc + 8);
-        if (zipr_u32(loc + 4) != 0 || zipr_u32(loc + 16) > 1) {
+        uint64_t off64 = nx_le64(loc + 8);
+        if (nx_le32(loc + 4) != 0 || nx_le32(loc + 16) > 1) {
             return zipr_record_error(st, map, "multi-disk ZIP64 archives are not supported",
                                      eocd - ZIPR_LOC64_SIZE);
         }
         if (!zipr_inside(off64, ZIPR_EOCD64_SIZE, eocd - ZIPR_LOC64_SIZE) ||
-            zipr_u32(b + off64) != ZIPR_EOCD64_SIG) {
+            nx_le32(b + off64) != ZIPR_EOCD64_SIG) {
             return zipr_record_error(st, map, "ZIP64 end-of-central-directory record missing or "
                                      "out of place", eocd - ZIPR_LOC64_SIZE);
         }
         const uint8_t *e64 = b + off64;
-        if (zipr_u32(e64 + 16) != 0 || zipr_u32(e64 + 20) != 0 ||
-            zipr_u64(e64 + 24) != zipr_u64(e64 + 32)) {
+        if (nx_le32(e64 + 16) != 0 || nx_le32(e64 + 20) != 0 ||
+            nx_le64(e64 + 24) != nx_le64(e64 + 32)) {
             return zipr_record_error(st, map, "multi-disk ZIP64 archives are not supported", off64);
         }
-        *count = zipr_u64(e64 + 32);
-        *cd_size = zipr_u64(e64 + 40);
-        *cd_off = zipr_u64(e64 + 48);
+        *count = nx_le64(e64 + 32);
+        *cd_size = nx_le64(e64 + 40);
+        *cd_off = nx_le64(e64 + 48);
         eocd = off64; /* the directory must end before the ZIP64 record */
     }
     if (!zipr_inside(*cd_off, *cd_size, eocd)) {
@@ -169,7 +162,7 @@ static int zipr_zip64_extra(const uint8_t *x, uint32_t xlen, uint64_t *usize, ui
 {
     uint32_t pos = 0;
     while (pos + 4 <= xlen) {
-        uint16_t id = zipr_u16(x + pos), len = zipr_u16(x + pos + 2);
+        uint16_t id = nx_le16(x + pos), len = nx_le16(x + pos + 2);
         if (pos + 4 + (uint32_t)len > xlen) {
             return -1;
         }
@@ -182,7 +175,7 @@ static int zipr_zip64_extra(const uint8_t *x, uint32_t xlen, uint64_t *usize, ui
                     if (used + 8 > len) {
                         return -1;
                     }
-                    *fields[i] = zipr_u64(f + used);
+                    *fields[i] = nx_le64(f + used);
                     used += 8;
                 }
             }
@@ -199,14 +192,14 @@ static int zipr_check_local(nx_state *st, const nx_mapping *map, nx_zip_entry *e
     const uint8_t *b = map->base;
     uint64_t central_at = e->central_at, cd_off = e->limit;
     if (!zipr_inside(e->header_offset, ZIPR_LOCAL_SIZE, cd_off) ||
-        zipr_u32(b + e->header_offset) != ZIPR_LOCAL_SIG) {
+        nx_le32(b + e->header_offset) != ZIPR_LOCAL_SIG) {
         return zipr_entry_error(st, map, e->name, e->name_len, central_at,
                                 "local header missing or outside the archive data");
     }
     const uint8_t *l = b + e->header_offset;
-    uint16_t flags = zipr_u16(l + 6);
-    uint64_t nlen = zipr_u16(l + 26), xlen = zipr_u16(l + 28);
-    if (zipr_u16(l + 8) != 0 || nlen != e->name_len ||
+    uint16_t flags = nx_le16(l + 6);
+    uint64_t nlen = nx_le16(l + 26), xlen = nx_le16(l + 28);
+    if (nx_le16(l + 8) != 0 || nlen != e->name_len ||
         !zipr_inside(e->header_offset + ZIPR_LOCAL_SIZE, nlen + xlen, cd_off) ||
         memcmp(l + ZIPR_LOCAL_SIZE, e->name, e->name_len) != 0) {
         return zipr_entry_error(st, map, e->name, e->name_len, central_at,
@@ -214,8 +207,8 @@ static int zipr_check_local(nx_state *st, const nx_mapping *map, nx_zip_entry *e
     }
     /* Without a data descriptor (bit 3) the local header carries the real CRC and sizes. */
     if (!(flags & 0x0008u)) {
-        uint32_t lsize = zipr_u32(l + 22);
-        if (zipr_u32(l + 14) != e->crc || (lsize != 0xFFFFFFFFu && lsize != e->size)) {
+        uint32_t lsize = nx_le32(l + 22);
+        if (nx_le32(l + 14) != e->crc || (lsize != 0xFFFFFFFFu && lsize != e->size)) {
             return zipr_entry_error(st, map, e->name, e->name_len, central_at,
                                     "local header CRC or size differs from the central directory");
         }
@@ -250,13 +243,13 @@ int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip)
     uint64_t pos = cd_off, end = cd_off + cd_size;
     for (uint64_t i = 0; i < count; i++) {
         const uint8_t *c = map->base + pos;
-        if (!zipr_inside(pos, ZIPR_CENTRAL_SIZE, end) || zipr_u32(c) != ZIPR_CENTRAL_SIG) {
+        if (!zipr_inside(pos, ZIPR_CENTRAL_SIZE, end) || nx_le32(c) != ZIPR_CENTRAL_SIG) {
             zipr_record_error(st, map, "central directory record missing or truncated", pos);
             goto bail;
         }
-        uint16_t flags = zipr_u16(c + 8), method = zipr_u16(c + 10);
-        uint64_t nlen = zipr_u16(c + 28), xlen = zipr_u16(c + 30), clen = zipr_u16(c + 32);
-        uint64_t csize = zipr_u32(c + 20), usize = zipr_u32(c + 24), lho = zipr_u32(c + 42);
+        uint16_t flags = nx_le16(c + 8), method = nx_le16(c + 10);
+        uint64_t nlen = nx_le16(c + 28), xlen = nx_le16(c + 30), clen = nx_le16(c + 32);
+        uint64_t csize = nx_le32(c + 20), usize = nx_le32(c + 24), lho = nx_le32(c + 42);
         if (!zipr_inside(pos + ZIPR_CENTRAL_SIZE, nlen + xlen + clen, end) || nlen == 0) {
             zipr_record_error(st, map, "central directory record name or extra field truncated", pos);
             goto bail;
@@ -264,7 +257,7 @@ int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip)
         nx_zip_entry *e = &entries[i];
         e->name = (const char *)c + ZIPR_CENTRAL_SIZE;
         e->name_len = (size_t)nlen;
-        e->crc = zipr_u32(c + 16);
+        e->crc = nx_le32(c + 16);
         if (zipr_zip64_extra(c + ZIPR_CENTRAL_SIZE + nlen, (uint32_t)xlen, &usize, &csize, &lho) < 0) {
             zipr_entry_error(st, map, e->name, e->name_len, pos, "malformed ZIP64 extra field");
             goto bail;
