@@ -90,6 +90,8 @@ def test_read_plans_from_bytes_names_each_source():
     plans = json.dumps(_minimal_plans()).encode()
     with _raises(PlansError, "dataset.json (in memory): expected an object at the top level, found a number"):
         _core.read_plans(plans, b"3", "2d")
+    with _raises(PlansError, "ds.json: expected an object at the top level, found a list"):
+        _core.read_plans(plans, b"[]", "2d", dataset_source="ds.json")
     with _raises(PlansError, "mine/plans.json: configurations: unknown configuration \"3d\"; available: 2d, 3d_fullres"):
         _core.read_plans(plans, b"{}", "3d", plans_source="mine/plans.json")
     with _raises(PlansError, "plans.json (in memory): configurations.2d.patch_size: missing required key"):
