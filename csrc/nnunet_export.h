@@ -147,7 +147,7 @@ int nx_add_metadata_functions(PyObject *module);
 long nx_torch_num_threads(void);
 
 /* ---- checkpoint reader (mapping.c, zip_container.c, crc32.c, pickle_globals.c, unpickler.c,
- *      materialize.c, checkpoint.c) ----
+ *      unpickler_objects.c, materialize.c, tensor_rebuild.c, checkpoint.c) ----
  * Ownership: an nx_mapping owns its private file mapping; every NumPy array and tensor over file
  * bytes holds a reference to it. nx_zip entries point INTO the mapping (borrowed, no copies). */
 
@@ -283,6 +283,45 @@ nx_lazy *nx_lazy_new(nx_state *st, int kind);
 /* nx_global_id of "module.name" (NX_G_UNSAFE when not allowlisted); *sub = dtype/class index. */
 int nx_classify_global(const char *module, const char *name, int *sub);
 
+/* ---- pickle VM internals (unpickler.c, unpickler_objects.c) ---- */
+typedef struct {
+    nx_state *st;
+    PyObject *path;         /* borrowed str: checkpoint path, for messages */
+    const char *entry;      /* borrowed: name of the pickle entry, for messages */
+    const uint8_t *data;    /* borrowed: the pickle bytes */
+    uint64_t len;
+    uint64_t pos;           /* next byte */
+    uint64_t op_at;         /* offset of the current opcode */
+    const char *op;         /* current opcode name */
+    PyObject **stack;       /* owned (PyMem) array of owned references */
+    size_t sp, stack_cap;
+    size_t *marks;          /* owned (PyMem): stack heights at each MARK */
+    size_t nmarks, marks_cap;
+    PyObject **memo;        /* owned (PyMem) array of owned references or NULL */
+    size_t memo_cap;
+    PyObject *build_states; /* owned dict {id(OrderedDict): [obj, state, ...]} */
+    PyObject *ordered_dict; /* borrowed type */
+} upk_vm;
+
+/* Every opcode family returns 1 at STOP, 0 to continue, -1 on error, and UPK_NOT_MINE when `op`
+ * is not one of its opcodes. */
+#define UPK_NOT_MINE 2
+
+/* Raises CheckpointError naming the path, entry, opcode offset and name, and `why`; returns -1. */
+int upk_fail(upk_vm *vm, const char *why);
+/* Like upk_fail with `what`, replacing the pending Python exception and quoting its text. */
+int upk_fail_from_python(upk_vm *vm, const char *what);
+/* Consumes the next `n` bytes; NULL with CheckpointError when the pickle ends first. */
+const uint8_t *upk_read(upk_vm *vm, uint64_t n);
+/* Pushes `obj` (stolen, also on failure; NULL means an exception is set). Returns 0, or -1. */
+int upk_push(upk_vm *vm, PyObject *obj);
+/* Pops (new reference) or peeks at (borrowed) the top item above the last MARK; NULL with
+ * CheckpointError on underflow. */
+PyObject *upk_pop(upk_vm *vm);
+PyObject *upk_top(upk_vm *vm);
+/* GLOBAL, REDUCE, NEWOBJ, BUILD, BINPERSID (unpickler_objects.c): an opcode family as above. */
+int upo_load_object(upk_vm *vm, uint8_t op);
+
 /* Runs the protocol-2 pickle `data` (entry `entry` of checkpoint `path`). Returns the top object
  * with nx_lazy placeholders inside, and in *build_states a new dict {id(OrderedDict): [obj,
  * state, ...]} of BUILD states to apply later; NULL with CheckpointError set on bad input. */
@@ -324,6 +363,29 @@ typedef struct {
                             * leave the mapping (they survive in-place file rewrites) */
     int depth;
 } nx_mat_ctx;
+
+/* ---- materialiser internals (materialize.c, tensor_rebuild.c) ---- */
+/* Key path of the value being materialised, kept on the C stack; rendered only for messages. */
+typedef struct mat_path {
+    const struct mat_path *parent; /* borrowed; NULL at the top-level key */
+    PyObject *key;                 /* borrowed */
+    int attribute;                 /* 1: rendered as .key, 0: as [repr(key)] (root: bare key) */
+} mat_path;
+
+/* The key path as text, e.g. "network_weights['conv.weight']". New reference or NULL. */
+PyObject *mat_path_str(const mat_path *p);
+/* Raises CheckpointError "checkpoint '<path>': <key path>: <why>"; returns NULL. */
+PyObject *mat_fail(nx_mat_ctx *ctx, const mat_path *p, const char *why);
+/* Raises UnsafeCheckpointError: the key path needs the non-allowlisted `global_name`; NULL. */
+PyObject *mat_unsafe(nx_mat_ctx *ctx, const mat_path *p, PyObject *global_name);
+/* 1 when `obj` is an nx_lazy placeholder of `kind`, else 0. */
+int mat_is_lazy(nx_mat_ctx *ctx, PyObject *obj, int kind);
+/* Passes on `result` of the trusted factory; torch rejecting values from the file (a bad device
+ * string...) becomes a CheckpointError naming the key path instead of a bare RuntimeError. */
+PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *result);
+/* Tensor of a _rebuild_tensor_v2 (v3 == 0) or _v3 call over its checked storage
+ * (tensor_rebuild.c). New reference, or NULL with CheckpointError / UnsafeCheckpointError. */
+PyObject *trb_tensor(nx_mat_ctx *ctx, nx_lazy *call, int v3, const mat_path *p);
 
 /* Turns `obj` (top-level value of key `key`) into real objects. New reference or NULL. */
 PyObject *nx_materialize(nx_mat_ctx *ctx, PyObject *key, PyObject *obj);

@@ -1,14 +1,11 @@
-/* Protocol-2 pickle VM for torch.save's data.pkl (the allowlist and placeholders live in
- * pickle_globals.c). It knows exactly the opcodes torch's
- * weights-only loader accepts and never imports or calls anything named by the file: GLOBAL
- * yields an nx_lazy marker (allowlisted or not), REDUCE/NEWOBJ yield nx_lazy calls, BINPERSID
- * yields an nx_lazy storage reference. Only two calls run eagerly because they are inert and
- * needed to build containers: OrderedDict() and _codecs.encode(str, 'latin1'). */
+/* Protocol-2 pickle VM for torch.save's data.pkl: the stack, marks and memo, the opcodes that
+ * build plain values and containers, and the dispatch loop. It knows exactly the opcodes torch's
+ * weights-only loader accepts and never imports or calls anything named by the file; the
+ * opcodes that ask to construct objects live in unpickler_objects.c, the allowlist and
+ * placeholders in pickle_globals.c. */
 #include "nnunet_export.h"
 
 #include <string.h>
-
-#define UPK_MAX_LINE 256 /* GLOBAL module / name lines */
 
 static const char kUpkError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s";
 static const char kUpkUnknownOpcode[] =
@@ -21,30 +18,8 @@ static const char kUpkShortStackError[] = "not enough items on the stack";
 static const char kUpkAppendError[] = "needs a list and an item";
 static const char kUpkSetitemError[] = "needs a dict, a key and a value";
 static const char kUpkUtf8Error[] = "string is not UTF-8";
-static const char kUpkPersidError[] = "persistent id is not a tuple";
 
-/* ---- the VM ---- */
-
-typedef struct {
-    nx_state *st;
-    PyObject *path;
-    const char *entry;
-    const uint8_t *data;
-    uint64_t len;
-    uint64_t pos;     /* next byte */
-    uint64_t op_at;   /* offset of the current opcode */
-    const char *op;   /* current opcode name */
-    PyObject **stack; /* owned references */
-    size_t sp, stack_cap;
-    size_t *marks;
-    size_t nmarks, marks_cap;
-    PyObject **memo;  /* owned references or NULL */
-    size_t memo_cap;
-    PyObject *build_states;
-    PyObject *ordered_dict; /* borrowed type */
-} upk_vm;
-
-static int upk_fail(upk_vm *vm, const char *why)
+int upk_fail(upk_vm *vm, const char *why)
 {
     PyErr_Format(vm->st->CheckpointError, kUpkError, vm->path, vm->entry,
                  (unsigned long long)vm->op_at, vm->op, why);
@@ -52,7 +27,7 @@ static int upk_fail(upk_vm *vm, const char *why)
 }
 
 /* Wraps the current Python exception (e.g. a bad UTF-8 string) into a CheckpointError. */
-static int upk_fail_from_python(upk_vm *vm, const char *what)
+int upk_fail_from_python(upk_vm *vm, const char *what)
 {
     PyObject *exc = nx_take_exception();
     PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
@@ -65,7 +40,7 @@ static int upk_fail_from_python(upk_vm *vm, const char *what)
     return -1;
 }
 
-static const uint8_t *upk_read(upk_vm *vm, uint64_t n)
+const uint8_t *upk_read(upk_vm *vm, uint64_t n)
 {
     if (n > vm->len - vm->pos) {
         PyErr_Format(vm->st->CheckpointError, kUpkTruncated, vm->path, vm->entry, vm->op,
@@ -79,7 +54,7 @@ static const uint8_t *upk_read(upk_vm *vm, uint64_t n)
 
 /* Pushes a new reference (stolen, also on failure). Stack size is bounded by the pickle length
  * because every push consumes at least one byte. */
-static int upk_push(upk_vm *vm, PyObject *obj)
+int upk_push(upk_vm *vm, PyObject *obj)
 {
     if (obj == NULL) {
         return -1;
@@ -101,7 +76,7 @@ static int upk_push(upk_vm *vm, PyObject *obj)
 
 /* Returns a new reference popped from the stack (or NULL with an error: underflow or crossing
  * the last MARK). */
-static PyObject *upk_pop(upk_vm *vm)
+PyObject *upk_pop(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
@@ -111,7 +86,7 @@ static PyObject *upk_pop(upk_vm *vm)
     return vm->stack[--vm->sp];
 }
 
-static PyObject *upk_top(upk_vm *vm)
+PyObject *upk_top(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
@@ -179,139 +154,6 @@ static int upk_memo_get(upk_vm *vm, uint64_t idx)
         return upk_fail(vm, "memo index was never stored");
     }
     return upk_push(vm, Py_NewRef(vm->memo[idx]));
-}
-
-static int upk_global(upk_vm *vm)
-{
-    char parts[2][UPK_MAX_LINE + 1];
-    for (int i = 0; i < 2; i++) {
-        uint64_t start = vm->pos;
-        const uint8_t *nl = memchr(vm->data + start, '\n', (size_t)(vm->len - start));
-        if (nl == NULL) {
-            return upk_read(vm, vm->len - start + 1) == NULL ? -1 : -1;
-        }
-        uint64_t n = (uint64_t)(nl - (vm->data + start));
-        if (n == 0 || n > UPK_MAX_LINE) {
-            return upk_fail(vm, "module or name empty or longer than 256 bytes");
-        }
-        for (uint64_t k = 0; k < n; k++) {
-            uint8_t c = vm->data[start + k];
-            if (c < 0x21 || c > 0x7e) {
-                return upk_fail(vm, "module or name is not printable ASCII");
-            }
-        }
-        memcpy(parts[i], vm->data + start, (size_t)n);
-        parts[i][n] = '\0';
-        vm->pos = start + n + 1;
-    }
-    nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_GLOBAL);
-    if (z == NULL) {
-        return -1;
-    }
-    z->global_id = nx_classify_global(parts[0], parts[1], &z->sub);
-    z->name = PyUnicode_FromFormat("%s.%s", parts[0], parts[1]);
-    if (z->name == NULL) {
-        Py_DECREF(z);
-        return -1;
-    }
-    return upk_push(vm, (PyObject *)z);
-}
-
-static int upk_is_global(PyObject *obj, nx_state *st, int id)
-{
-    return Py_IS_TYPE(obj, (PyTypeObject *)st->lazy_type) && ((nx_lazy *)obj)->kind == NX_LAZY_GLOBAL &&
-           ((nx_lazy *)obj)->global_id == id;
-}
-
-/* REDUCE / NEWOBJ: never calls anything named by the file. */
-static int upk_reduce(upk_vm *vm, int newobj)
-{
-    PyObject *args = upk_pop(vm);
-    PyObject *func = NULL;
-    PyObject *result = NULL;
-    if (args == NULL) {
-        return -1;
-    }
-    func = upk_pop(vm);
-    if (func == NULL) {
-        goto bail;
-    }
-    if (!PyTuple_CheckExact(args)) {
-        upk_fail(vm, "argument is not a tuple");
-        goto bail;
-    }
-    if (!Py_IS_TYPE(func, (PyTypeObject *)vm->st->lazy_type)) {
-        upk_fail(vm, "callable is not a global");
-        goto bail;
-    }
-    if (!newobj && upk_is_global(func, vm->st, NX_G_ORDERED_DICT) && PyTuple_GET_SIZE(args) == 0) {
-        /* An empty OrderedDict is inert; it must exist now so SETITEMS can fill it. */
-        result = PyObject_CallNoArgs(vm->ordered_dict);
-    } else if (!newobj && upk_is_global(func, vm->st, NX_G_CODECS_ENCODE) &&
-               PyTuple_GET_SIZE(args) == 2 && PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) &&
-               PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 1)) &&
-               PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(args, 1), "latin1") == 0) {
-        /* NumPy scalars carry their raw bytes as a latin1 str; decode it to bytes right here. */
-        result = PyUnicode_AsLatin1String(PyTuple_GET_ITEM(args, 0));
-        if (result == NULL) {
-            upk_fail_from_python(vm, "_codecs.encode argument is not latin1");
-            goto bail;
-        }
-    } else {
-        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_CALL);
-        if (z != NULL) {
-            z->newobj = newobj;
-            z->func = Py_NewRef(func);
-            z->args = Py_NewRef(args);
-        }
-        result = (PyObject *)z;
-    }
-bail:
-    Py_XDECREF(func);
-    Py_DECREF(args);
-    return result == NULL ? -1 : upk_push(vm, result);
-}
-
-static int upk_build(upk_vm *vm)
-{
-    PyObject *state = upk_pop(vm);
-    PyObject *inst = NULL;
-    PyObject *key = NULL, *entry = NULL;
-    int rc = -1;
-    if (state == NULL || (inst = upk_top(vm)) == NULL) {
-        goto bail;
-    }
-    if (Py_IS_TYPE(inst, (PyTypeObject *)vm->ordered_dict)) {
-        /* state_dict()'s `_metadata` attribute: applied when the dict is materialised. */
-        key = PyLong_FromVoidPtr(inst);
-        if (key == NULL) {
-            goto bail;
-        }
-        entry = PyDict_GetItemWithError(vm->build_states, key);
-        if (entry == NULL) {
-            if (PyErr_Occurred()) {
-                goto bail;
-            }
-            entry = PyList_New(0);
-            if (entry == NULL || PyList_Append(entry, inst) < 0 ||
-                PyDict_SetItem(vm->build_states, key, entry) < 0) {
-                Py_XDECREF(entry);
-                goto bail;
-            }
-            Py_DECREF(entry);
-        }
-        rc = PyList_Append(entry, state);
-    } else if (Py_IS_TYPE(inst, (PyTypeObject *)vm->st->lazy_type) &&
-               ((nx_lazy *)inst)->kind == NX_LAZY_CALL && ((nx_lazy *)inst)->state == NULL) {
-        ((nx_lazy *)inst)->state = Py_NewRef(state);
-        rc = 0;
-    } else {
-        upk_fail(vm, "BUILD target is not an OrderedDict or a reconstructed object");
-    }
-bail:
-    Py_XDECREF(key);
-    Py_XDECREF(state);
-    return rc;
 }
 
 /* Dict keys the VM accepts. Keys whose hashes an attacker can make collide (floats, tuples, ints
@@ -431,9 +273,7 @@ static const char *upk_opcode_name(uint8_t op)
     }
 }
 
-/* The load_* families below each handle the opcodes of one kind, like CPython's _pickle.c; each
- * returns 1 at STOP, 0 to continue, -1 on error, and 2 when `op` is not one of theirs. */
-#define UPK_NOT_MINE 2
+/* The load_* families below each handle the opcodes of one kind, like CPython's _pickle.c. */
 
 /* PROTO, STOP, MARK and the opcodes that build a container from stack items. */
 static int upk_load_structure(upk_vm *vm, uint8_t op)
@@ -594,43 +434,11 @@ static int upk_load_memo(upk_vm *vm, uint8_t op)
     }
 }
 
-/* GLOBAL, REDUCE, NEWOBJ, BUILD, BINPERSID: what the pickle asks to construct, recorded as
- * nx_lazy placeholders that nothing here calls. */
-static int upk_load_object(upk_vm *vm, uint8_t op)
-{
-    PyObject *pid = NULL;
-    nx_lazy *z = NULL;
-
-    switch (op) {
-    case 'c': vm->op = "GLOBAL"; return upk_global(vm);
-    case 'R': vm->op = "REDUCE"; return upk_reduce(vm, 0);
-    case 0x81: vm->op = "NEWOBJ"; return upk_reduce(vm, 1);
-    case 'b': vm->op = "BUILD"; return upk_build(vm);
-    case 'Q':
-        vm->op = "BINPERSID";
-        pid = upk_pop(vm);
-        if (pid == NULL) return -1;
-        if (!PyTuple_CheckExact(pid)) {
-            Py_DECREF(pid);
-            return upk_fail(vm, kUpkPersidError);
-        }
-        z = nx_lazy_new(vm->st, NX_LAZY_PERSID);
-        if (z == NULL) {
-            Py_DECREF(pid);
-            return -1;
-        }
-        z->args = pid;
-        return upk_push(vm, (PyObject *)z);
-    default:
-        return UPK_NOT_MINE;
-    }
-}
-
 /* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
 static int upk_step(upk_vm *vm)
 {
     static int (*const families[])(upk_vm *, uint8_t) = {
-        upk_load_structure, upk_load_constant, upk_load_string, upk_load_memo, upk_load_object,
+        upk_load_structure, upk_load_constant, upk_load_string, upk_load_memo, upo_load_object,
     };
     const uint8_t *p;
     uint8_t op;
