@@ -16,6 +16,7 @@ static const char kMatError[] = "checkpoint '%U': %U: %s";
 static const char kMatMisuseError[] =
     "checkpoint '%U': %U uses allowlisted global '%U' but %s, which torch.save never writes; "
     "nothing from the file was executed";
+static const char kMatUnexpectedError[] = "nnunet_export: unexpected %R in unpickled data";
 
 PyObject *mat_path_str(const mat_path *p)
 {
@@ -292,119 +293,130 @@ bail:
     return rc;
 }
 
+/* Lists and tuples. A list is memoised before its items so self-references resolve to the new
+ * list; a tuple only once complete (it cannot contain itself and must never be seen half-filled). */
+static PyObject *mat_sequence(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    int is_list = PyList_CheckExact(obj);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+    PyObject *made = is_list ? PyList_New(n) : PyTuple_New(n);
+
+    if (made == NULL || (is_list && PyDict_SetItem(ctx->memo, id, made) < 0)) {
+        goto bail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL) {
+            goto bail;
+        }
+        mat_path sub = {p, index, 0};
+        PyObject *item = mat_value(ctx, PySequence_Fast_GET_ITEM(obj, i), &sub);
+        Py_DECREF(index);
+        if (item == NULL) {
+            goto bail;
+        }
+        if (is_list) {
+            PyList_SET_ITEM(made, i, item);
+        } else {
+            PyTuple_SET_ITEM(made, i, item);
+        }
+    }
+    if (!is_list && PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    return made;
+bail:
+    Py_XDECREF(made);
+    return NULL;
+}
+
+/* dicts and OrderedDicts (memoised before their items), with an OrderedDict's BUILD states. */
+static PyObject *mat_mapping(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    int ordered = !PyDict_CheckExact(obj);
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    PyObject *made = ordered ? PyObject_CallNoArgs(ctx->st->ordered_dict_type) : PyDict_New();
+
+    if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    /* PyDict_Next follows insertion order, which is the OrderedDict order here. */
+    while (PyDict_Next(obj, &pos, &k, &v)) {
+        Py_INCREF(k);
+        Py_INCREF(v);
+        mat_path sub = {p, k, 0};
+        PyObject *key = mat_value(ctx, k, &sub);
+        PyObject *value = key != NULL ? mat_value(ctx, v, &sub) : NULL;
+        int bad = value == NULL || PyObject_SetItem(made, key, value) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (bad) {
+            goto bail;
+        }
+    }
+    if (ordered && mat_apply_build_states(ctx, obj, made, p) < 0) {
+        goto bail;
+    }
+    return made;
+bail:
+    Py_XDECREF(made);
+    return NULL;
+}
+
+/* sets and frozensets, built as a set (memoised before their items). */
+static PyObject *mat_set(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    PyObject *it = PyObject_GetIter(obj), *item = NULL;
+    PyObject *made = PySet_New(NULL);
+
+    if (it == NULL || made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    while ((item = PyIter_Next(it)) != NULL) {
+        mat_path sub = {p, item, 0};
+        PyObject *value = mat_value(ctx, item, &sub);
+        int bad = value == NULL || PySet_Add(made, value) < 0;
+        Py_XDECREF(value);
+        Py_DECREF(item);
+        if (bad) {
+            goto bail;
+        }
+    }
+    if (PyErr_Occurred()) {
+        goto bail;
+    }
+    Py_DECREF(it);
+    return made;
+bail:
+    Py_XDECREF(it);
+    Py_XDECREF(made);
+    return NULL;
+}
+
 static PyObject *mat_container(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
 {
     PyObject *made = NULL;
-    if (PyList_CheckExact(obj)) {
-        Py_ssize_t n = PyList_GET_SIZE(obj);
-        made = PyList_New(n);
-        /* memoised before the items so self-references resolve to the new list */
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) {
-                goto fail;
-            }
-            mat_path sub = {p, index, 0};
-            PyObject *item = mat_value(ctx, PyList_GET_ITEM(obj, i), &sub);
-            Py_DECREF(index);
-            if (item == NULL) {
-                goto fail;
-            }
-            PyList_SET_ITEM(made, i, item);
-        }
-        return made;
-    }
-    if (PyTuple_CheckExact(obj)) {
-        Py_ssize_t n = PyTuple_GET_SIZE(obj);
-        made = PyTuple_New(n);
-        if (made == NULL) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) {
-                goto fail;
-            }
-            mat_path sub = {p, index, 0};
-            PyObject *item = mat_value(ctx, PyTuple_GET_ITEM(obj, i), &sub);
-            Py_DECREF(index);
-            if (item == NULL) {
-                goto fail;
-            }
-            PyTuple_SET_ITEM(made, i, item);
-        }
-        if (PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        return made;
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) {
+        return mat_sequence(ctx, obj, p, id);
     }
     if (PyDict_CheckExact(obj) || Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->ordered_dict_type)) {
-        int ordered = !PyDict_CheckExact(obj);
-        PyObject *k, *v;
-        Py_ssize_t pos = 0;
-        made = ordered ? PyObject_CallNoArgs(ctx->st->ordered_dict_type) : PyDict_New();
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        /* PyDict_Next follows insertion order, which is the OrderedDict order here. */
-        while (PyDict_Next(obj, &pos, &k, &v)) {
-            Py_INCREF(k);
-            Py_INCREF(v);
-            mat_path sub = {p, k, 0};
-            PyObject *key = mat_value(ctx, k, &sub);
-            PyObject *value = key != NULL ? mat_value(ctx, v, &sub) : NULL;
-            int bad = value == NULL || PyObject_SetItem(made, key, value) < 0;
-            Py_XDECREF(key);
-            Py_XDECREF(value);
-            Py_DECREF(k);
-            Py_DECREF(v);
-            if (bad) {
-                goto fail;
-            }
-        }
-        if (ordered && mat_apply_build_states(ctx, obj, made, p) < 0) {
-            goto fail;
-        }
-        return made;
+        return mat_mapping(ctx, obj, p, id);
     }
     if (PyAnySet_CheckExact(obj)) {
-        PyObject *it = PyObject_GetIter(obj), *item;
-        made = PySet_New(NULL);
-        if (it == NULL || made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            Py_XDECREF(it);
-            goto fail;
-        }
-        while ((item = PyIter_Next(it)) != NULL) {
-            mat_path sub = {p, item, 0};
-            PyObject *value = mat_value(ctx, item, &sub);
-            int bad = value == NULL || PySet_Add(made, value) < 0;
-            Py_XDECREF(value);
-            Py_DECREF(item);
-            if (bad) {
-                Py_DECREF(it);
-                goto fail;
-            }
-        }
-        Py_DECREF(it);
-        if (PyErr_Occurred()) {
-            goto fail;
-        }
-        return made;
+        return mat_set(ctx, obj, p, id);
     }
-    if (Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->lazy_type)) {
-        made = mat_lazy(ctx, (nx_lazy *)obj, p);
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        return made;
+    if (!Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->lazy_type)) {
+        PyErr_Format(PyExc_SystemError, kMatUnexpectedError, Py_TYPE(obj));
+        return NULL;
     }
-    PyErr_Format(PyExc_SystemError, "nnunet_export: unexpected %R in unpickled data", Py_TYPE(obj));
-fail:
-    Py_XDECREF(made);
-    return NULL;
+    made = mat_lazy(ctx, (nx_lazy *)obj, p);
+    if (made != NULL && PyDict_SetItem(ctx->memo, id, made) < 0) {
+        Py_CLEAR(made);
+    }
+    return made;
 }
 
 static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p)

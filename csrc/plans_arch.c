@@ -57,125 +57,123 @@ static int arch_add_ref(cJSON *object, const char *key, const cJSON *item)
     return cJSON_AddItemReferenceToObject(object, key, (cJSON *)item) ? 0 : -1;
 }
 
+/* The old plans keys a conversion reads, checked; borrowed from the plans document. */
+typedef struct {
+    const char *class_name; /* module path nnU-Net converts the bare class name to */
+    const char *blocks;     /* keyword of the encoder's per-stage block counts */
+    const cJSON *lists[4];  /* kernel sizes, pool kernel sizes, encoder and decoder block counts */
+    Py_ssize_t n_stages;
+    long long base, max_features;
+} arch_old_keys;
+
+/* Reads and checks the old plans keys of ctx->cfg into *keys. Returns 0, or -1 with PlansError. */
+static int arch_old_read(const arch_ctx *ctx, arch_old_keys *keys)
+{
+    static const char *const copied[4] = {"conv_kernel_sizes", "pool_op_kernel_sizes",
+                                          "n_conv_per_stage_encoder", "n_conv_per_stage_decoder"};
+    static const char *const ints[2] = {"UNet_base_num_features", "unet_max_num_features"};
+    long long *int_out[2] = {&keys->base, &keys->max_features};
+    char path[JR_PATH_MAX];
+    const cJSON *item = plans_config_get(ctx->cfg, "UNet_class_name", path);
+
+    if (item == NULL) {
+        /* Neither format: name what a modern plans file would have needed. */
+        plans_config_get(ctx->cfg, "architecture", path);
+        return jr_fail(ctx->doc, path, kMissingError);
+    }
+    if (jr_as_string(ctx->doc, path, item, &keys->class_name) < 0) return -1;
+    if (strcmp(keys->class_name, "PlainConvUNet") == 0) {
+        keys->blocks = "n_conv_per_stage";
+        keys->class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet";
+    } else if (strcmp(keys->class_name, "ResidualEncoderUNet") == 0) {
+        keys->blocks = "n_blocks_per_stage";
+        /* nnU-Net 2.8.1 writes this module path verbatim, although dynamic-network-architectures
+         * 0.4.4 keeps ResidualEncoderUNet in architectures.unet. */
+        keys->class_name = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet";
+    } else {
+        return jr_fail(ctx->doc, path, kOldClassError, keys->class_name);
+    }
+    for (int k = 0; k < 4; k++) {
+        keys->lists[k] = plans_config_get(ctx->cfg, copied[k], path);
+        if (keys->lists[k] == NULL) return jr_fail(ctx->doc, path, kMissingError);
+    }
+    plans_config_get(ctx->cfg, "n_conv_per_stage_encoder", path);
+    if (jr_expect(ctx->doc, path, keys->lists[2], cJSON_Array, "a list") < 0) return -1;
+    keys->n_stages = jr_array_size(keys->lists[2]);
+    if (keys->n_stages == 0) return jr_fail(ctx->doc, path, kEmptyStagesError);
+    for (int k = 0; k < 2; k++) {
+        item = plans_config_get(ctx->cfg, ints[k], path);
+        if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
+        if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, int_out[k]) < 0) return -1;
+    }
+    /* nnU-Net deletes num_pool_per_axis during the conversion, so it must be there. */
+    if (plans_config_get(ctx->cfg, "num_pool_per_axis", path) == NULL) {
+        return jr_fail(ctx->doc, path, kMissingError);
+    }
+    return 0;
+}
+
 /* Builds the modern architecture block from old plans keys exactly as
  * ConfigurationManager.__init__ does. Returns a new cJSON tree (list values are references into
  * the plans document, which must outlive it) or NULL with an exception set. */
 static cJSON *arch_convert_old(const arch_ctx *ctx, Py_ssize_t ndim)
 {
-    static const char *const copied[4] = {"conv_kernel_sizes", "pool_op_kernel_sizes",
-                                          "n_conv_per_stage_encoder", "n_conv_per_stage_decoder"};
     static const char *const imports[4] = {"conv_op", "norm_op", "dropout_op", "nonlin"};
-    char path[JR_PATH_MAX], conv[96], norm[96];
-    const cJSON *class_item = NULL, *lists[4] = {NULL, NULL, NULL, NULL}, *item = NULL;
-    cJSON *block = NULL, *kwargs = NULL, *features = NULL, *sub = NULL, *result = NULL;
-    const char *class_name = NULL, *blocks = NULL;
-    long long base, max_features, f;
-    Py_ssize_t n_stages;
-    int failed = 0;
+    char conv[96], norm[96];
+    arch_old_keys keys;
+    cJSON *block = NULL, *kwargs = NULL, *features = NULL, *sub = NULL;
+    long long f;
 
-    class_item = plans_config_get(ctx->cfg, "UNet_class_name", path);
-    if (class_item == NULL) {
-        /* Neither format: name what a modern plans file would have needed. */
-        plans_config_get(ctx->cfg, "architecture", path);
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_string(ctx->doc, path, class_item, &class_name) < 0) goto bail;
-    if (strcmp(class_name, "PlainConvUNet") == 0) {
-        blocks = "n_conv_per_stage";
-        class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet";
-    } else if (strcmp(class_name, "ResidualEncoderUNet") == 0) {
-        blocks = "n_blocks_per_stage";
-        /* nnU-Net 2.8.1 writes this module path verbatim, although dynamic-network-architectures
-         * 0.4.4 keeps ResidualEncoderUNet in architectures.unet. */
-        class_name = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet";
-    } else {
-        jr_fail(ctx->doc, path, kOldClassError, class_name);
-        goto bail;
-    }
-    for (int k = 0; k < 4; k++) {
-        lists[k] = plans_config_get(ctx->cfg, copied[k], path);
-        if (lists[k] == NULL) {
-            jr_fail(ctx->doc, path, kMissingError);
-            goto bail;
-        }
-    }
-    plans_config_get(ctx->cfg, "n_conv_per_stage_encoder", path);
-    if (jr_expect(ctx->doc, path, lists[2], cJSON_Array, "a list") < 0) goto bail;
-    n_stages = jr_array_size(lists[2]);
-    if (n_stages == 0) {
-        jr_fail(ctx->doc, path, kEmptyStagesError);
-        goto bail;
-    }
-    item = plans_config_get(ctx->cfg, "UNet_base_num_features", path);
-    if (item == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &base) < 0) goto bail;
-    item = plans_config_get(ctx->cfg, "unet_max_num_features", path);
-    if (item == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &max_features) < 0) goto bail;
-    /* nnU-Net deletes num_pool_per_axis during the conversion, so it must be there. */
-    if (plans_config_get(ctx->cfg, "num_pool_per_axis", path) == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-
+    memset(&keys, 0, sizeof keys);
+    if (arch_old_read(ctx, &keys) < 0) return NULL;
     /* Same keys in the same order as nnU-Net's converted dict. Each child belongs to its parent as
      * soon as it is attached, so freeing `block` frees everything. */
     snprintf(conv, sizeof(conv), "torch.nn.modules.conv.Conv%zdd", ndim);
     snprintf(norm, sizeof(norm), "torch.nn.modules.instancenorm.InstanceNorm%zdd", ndim);
     block = cJSON_CreateObject();
     if (block == NULL ||
-        arch_attach(block, "network_class_name", cJSON_CreateString(class_name)) < 0 ||
+        arch_attach(block, "network_class_name", cJSON_CreateString(keys.class_name)) < 0 ||
         (kwargs = arch_attach_new(block, "arch_kwargs", cJSON_CreateObject())) == NULL ||
-        arch_attach(kwargs, "n_stages", cJSON_CreateNumber((double)n_stages)) < 0 ||
+        arch_attach(kwargs, "n_stages", cJSON_CreateNumber((double)keys.n_stages)) < 0 ||
         (features = arch_attach_new(kwargs, "features_per_stage", cJSON_CreateArray())) == NULL) {
-        goto nomem;
+        goto bail;
     }
     /* min(base * 2**i, max); doubling stops once past max, so nothing overflows. */
-    f = base;
-    for (Py_ssize_t i = 0; i < n_stages; i++) {
+    f = keys.base;
+    for (Py_ssize_t i = 0; i < keys.n_stages; i++) {
         if (arch_attach(features, NULL,
-                        cJSON_CreateNumber((double)(f < max_features ? f : max_features))) < 0) {
-            goto nomem;
+                        cJSON_CreateNumber((double)(f < keys.max_features ? f : keys.max_features))) < 0) {
+            goto bail;
         }
-        if (f < max_features) f *= 2;
+        if (f < keys.max_features) f *= 2;
     }
-    failed = arch_attach(kwargs, "conv_op", cJSON_CreateString(conv)) < 0 ||
-             arch_add_ref(kwargs, "kernel_sizes", lists[0]) < 0 ||
-             arch_add_ref(kwargs, "strides", lists[1]) < 0 ||
-             arch_add_ref(kwargs, blocks, lists[2]) < 0 ||
-             arch_add_ref(kwargs, "n_conv_per_stage_decoder", lists[3]) < 0 ||
-             arch_attach(kwargs, "conv_bias", cJSON_CreateTrue()) < 0 ||
-             arch_attach(kwargs, "norm_op", cJSON_CreateString(norm)) < 0 ||
-             (sub = arch_attach_new(kwargs, "norm_op_kwargs", cJSON_CreateObject())) == NULL ||
-             arch_attach(sub, "eps", cJSON_CreateNumber(1e-05)) < 0 ||
-             arch_attach(sub, "affine", cJSON_CreateTrue()) < 0;
-    if (failed) goto nomem;
-    failed = arch_attach(kwargs, "dropout_op", cJSON_CreateNull()) < 0 ||
-             arch_attach(kwargs, "dropout_op_kwargs", cJSON_CreateNull()) < 0 ||
-             arch_attach(kwargs, "nonlin", cJSON_CreateString("torch.nn.LeakyReLU")) < 0 ||
-             (sub = arch_attach_new(kwargs, "nonlin_kwargs", cJSON_CreateObject())) == NULL ||
-             arch_attach(sub, "inplace", cJSON_CreateTrue()) < 0;
-    if (failed) goto nomem;
-    sub = arch_attach_new(block, "_kw_requires_import", cJSON_CreateArray());
-    if (sub == NULL) goto nomem;
+    if (arch_attach(kwargs, "conv_op", cJSON_CreateString(conv)) < 0 ||
+        arch_add_ref(kwargs, "kernel_sizes", keys.lists[0]) < 0 ||
+        arch_add_ref(kwargs, "strides", keys.lists[1]) < 0 ||
+        arch_add_ref(kwargs, keys.blocks, keys.lists[2]) < 0 ||
+        arch_add_ref(kwargs, "n_conv_per_stage_decoder", keys.lists[3]) < 0 ||
+        arch_attach(kwargs, "conv_bias", cJSON_CreateTrue()) < 0 ||
+        arch_attach(kwargs, "norm_op", cJSON_CreateString(norm)) < 0 ||
+        (sub = arch_attach_new(kwargs, "norm_op_kwargs", cJSON_CreateObject())) == NULL ||
+        arch_attach(sub, "eps", cJSON_CreateNumber(1e-05)) < 0 ||
+        arch_attach(sub, "affine", cJSON_CreateTrue()) < 0 ||
+        arch_attach(kwargs, "dropout_op", cJSON_CreateNull()) < 0 ||
+        arch_attach(kwargs, "dropout_op_kwargs", cJSON_CreateNull()) < 0 ||
+        arch_attach(kwargs, "nonlin", cJSON_CreateString("torch.nn.LeakyReLU")) < 0 ||
+        (sub = arch_attach_new(kwargs, "nonlin_kwargs", cJSON_CreateObject())) == NULL ||
+        arch_attach(sub, "inplace", cJSON_CreateTrue()) < 0 ||
+        (sub = arch_attach_new(block, "_kw_requires_import", cJSON_CreateArray())) == NULL) {
+        goto bail;
+    }
     for (int k = 0; k < 4; k++) {
-        if (arch_attach(sub, NULL, cJSON_CreateString(imports[k])) < 0) goto nomem;
+        if (arch_attach(sub, NULL, cJSON_CreateString(imports[k])) < 0) goto bail;
     }
-    result = block;
-    block = NULL;
-    goto bail;
-nomem:
-    PyErr_NoMemory();
+    return block;
 bail:
+    /* Only allocations fail past arch_old_read. */
     cJSON_Delete(block);
-    return result;
+    PyErr_NoMemory();
+    return NULL;
 }
 
 int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, PyObject *out)

@@ -221,11 +221,135 @@ static int zipr_check_local(nx_state *st, const nx_mapping *map, nx_zip_entry *e
     return 0;
 }
 
+/* Fills entries[0..count) from the central directory records at [cd_off, cd_off + cd_size):
+ * names, sizes, CRCs and local header offsets, checked to be STORED, unencrypted and inside the
+ * directory. Returns 0, or -1 with CheckpointError set. */
+static int zipr_read_central(nx_state *st, const nx_mapping *map, uint64_t cd_off, uint64_t cd_size,
+                             uint64_t count, nx_zip_entry *entries)
+{
+    uint64_t pos = cd_off, end = cd_off + cd_size;
+    for (uint64_t i = 0; i < count; i++) {
+        const uint8_t *c = map->base + pos;
+        if (!zipr_inside(pos, ZIPR_CENTRAL_SIZE, end) || nx_le32(c) != ZIPR_CENTRAL_SIG) {
+            return zipr_record_error(st, map, "central directory record missing or truncated", pos);
+        }
+        uint16_t flags = nx_le16(c + 8), method = nx_le16(c + 10);
+        uint64_t nlen = nx_le16(c + 28), xlen = nx_le16(c + 30), clen = nx_le16(c + 32);
+        uint64_t csize = nx_le32(c + 20), usize = nx_le32(c + 24), lho = nx_le32(c + 42);
+        if (!zipr_inside(pos + ZIPR_CENTRAL_SIZE, nlen + xlen + clen, end) || nlen == 0) {
+            return zipr_record_error(st, map, "central directory record name or extra field truncated", pos);
+        }
+        nx_zip_entry *e = &entries[i];
+        e->name = (const char *)c + ZIPR_CENTRAL_SIZE;
+        e->name_len = (size_t)nlen;
+        e->crc = nx_le32(c + 16);
+        if (zipr_zip64_extra(c + ZIPR_CENTRAL_SIZE + nlen, (uint32_t)xlen, &usize, &csize, &lho) < 0) {
+            return zipr_entry_error(st, map, e->name, e->name_len, pos, "malformed ZIP64 extra field");
+        }
+        if (method != 0) {
+            char printable[256];
+            zipr_name(printable, sizeof printable, e->name, e->name_len);
+            PyErr_Format(st->CheckpointError, kZipCompressedError, map->path, printable,
+                         (unsigned)method);
+            return -1;
+        }
+        if (flags & 0x0001u) {
+            return zipr_entry_error(st, map, e->name, e->name_len, pos, "encrypted entries are not supported");
+        }
+        if (csize != usize) {
+            return zipr_entry_error(st, map, e->name, e->name_len, pos,
+                                    "stored entry with different compressed and uncompressed sizes");
+        }
+        e->size = usize;
+        e->header_offset = lho;
+        e->central_at = pos;
+        pos += ZIPR_CENTRAL_SIZE + nlen + xlen + clen;
+    }
+    return 0;
+}
+
+/* Every entry must live in the folder named by the first one ("archive/..."); sets *prefix_len
+ * to the folder name's length. Returns 0, or -1 with CheckpointError set. */
+static int zipr_check_folder(nx_state *st, const nx_mapping *map, const nx_zip_entry *entries,
+                             uint64_t count, size_t *prefix_len)
+{
+    const char *slash = memchr(entries[0].name, '/', entries[0].name_len);
+    *prefix_len = slash == NULL ? 0 : (size_t)(slash - entries[0].name);
+    for (uint64_t i = 0; i < count; i++) {
+        const nx_zip_entry *e = &entries[i];
+        if (slash == NULL || e->name_len <= *prefix_len + 1 || e->name[*prefix_len] != '/' ||
+            memcmp(e->name, entries[0].name, *prefix_len) != 0) {
+            char printable[256], folder[256];
+            zipr_name(printable, sizeof printable, e->name, e->name_len);
+            zipr_name(folder, sizeof folder, entries[0].name, *prefix_len);
+            PyErr_Format(st->CheckpointError, kZipFolderError, map->path, printable, folder);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Overlapping entries would let one payload alias another (or a header): rejects them and sets
+ * each entry's `limit`. The smallest extent an entry can have is its local header without extra
+ * field plus its payload; opening an entry later checks the real extent against `limit`.
+ * `by_offset` is scratch space for `count` pointers. Returns 0, or -1 with CheckpointError set. */
+static int zipr_check_overlaps(nx_state *st, const nx_mapping *map, nx_zip_entry *entries,
+                               const nx_zip_entry **by_offset, uint64_t count, uint64_t cd_off)
+{
+    for (uint64_t i = 0; i < count; i++) {
+        by_offset[i] = &entries[i];
+    }
+    qsort(by_offset, (size_t)count, sizeof *by_offset, zipr_cmp_offset);
+    for (uint64_t i = 0; i < count; i++) {
+        nx_zip_entry *a = (nx_zip_entry *)by_offset[i];
+        a->limit = i + 1 < count ? by_offset[i + 1]->header_offset : cd_off;
+        if (!zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE, cd_off)) {
+            return zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
+                                    "local header missing or outside the archive data");
+        }
+        if (zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE + a->name_len, a->limit) &&
+            zipr_inside(a->header_offset + ZIPR_LOCAL_SIZE + a->name_len, a->size, a->limit)) {
+            continue;
+        }
+        if (i + 1 == count) {
+            return zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
+                                    "payload extends past the archive data");
+        }
+        char na[256], nbn[256];
+        const nx_zip_entry *nb = by_offset[i + 1];
+        zipr_name(na, sizeof na, a->name, a->name_len);
+        zipr_name(nbn, sizeof nbn, nb->name, nb->name_len);
+        PyErr_Format(st->CheckpointError, kZipOverlapError, map->path, na,
+                     (unsigned long long)a->header_offset,
+                     (unsigned long long)(a->header_offset + ZIPR_LOCAL_SIZE + a->name_len + a->size),
+                     nbn, (unsigned long long)nb->header_offset);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sorts the entries by name (for nx_zip_find) and rejects duplicate names. Returns 0, or -1 with
+ * CheckpointError set. */
+static int zipr_sort_names(nx_state *st, const nx_mapping *map, nx_zip_entry *entries, uint64_t count)
+{
+    qsort(entries, (size_t)count, sizeof *entries, zipr_cmp_name);
+    for (uint64_t i = 0; i + 1 < count; i++) {
+        if (zipr_cmp_name(&entries[i], &entries[i + 1]) == 0) {
+            char printable[256];
+            zipr_name(printable, sizeof printable, entries[i].name, entries[i].name_len);
+            PyErr_Format(st->CheckpointError, kZipDuplicateError, map->path, printable);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip)
 {
     nx_zip_entry *entries = NULL;
     const nx_zip_entry **by_offset = NULL;
     uint64_t cd_off = 0, cd_size = 0, count = 0;
+    size_t prefix_len = 0;
     int rc = -1;
 
     zip->entries = NULL;
@@ -240,102 +364,11 @@ int nx_zip_open(nx_state *st, const nx_mapping *map, nx_zip *zip)
         PyErr_NoMemory();
         goto bail;
     }
-    uint64_t pos = cd_off, end = cd_off + cd_size;
-    for (uint64_t i = 0; i < count; i++) {
-        const uint8_t *c = map->base + pos;
-        if (!zipr_inside(pos, ZIPR_CENTRAL_SIZE, end) || nx_le32(c) != ZIPR_CENTRAL_SIG) {
-            zipr_record_error(st, map, "central directory record missing or truncated", pos);
-            goto bail;
-        }
-        uint16_t flags = nx_le16(c + 8), method = nx_le16(c + 10);
-        uint64_t nlen = nx_le16(c + 28), xlen = nx_le16(c + 30), clen = nx_le16(c + 32);
-        uint64_t csize = nx_le32(c + 20), usize = nx_le32(c + 24), lho = nx_le32(c + 42);
-        if (!zipr_inside(pos + ZIPR_CENTRAL_SIZE, nlen + xlen + clen, end) || nlen == 0) {
-            zipr_record_error(st, map, "central directory record name or extra field truncated", pos);
-            goto bail;
-        }
-        nx_zip_entry *e = &entries[i];
-        e->name = (const char *)c + ZIPR_CENTRAL_SIZE;
-        e->name_len = (size_t)nlen;
-        e->crc = nx_le32(c + 16);
-        if (zipr_zip64_extra(c + ZIPR_CENTRAL_SIZE + nlen, (uint32_t)xlen, &usize, &csize, &lho) < 0) {
-            zipr_entry_error(st, map, e->name, e->name_len, pos, "malformed ZIP64 extra field");
-            goto bail;
-        }
-        if (method != 0) {
-            char printable[256];
-            zipr_name(printable, sizeof printable, e->name, e->name_len);
-            PyErr_Format(st->CheckpointError, kZipCompressedError, map->path, printable,
-                         (unsigned)method);
-            goto bail;
-        }
-        if (flags & 0x0001u) {
-            zipr_entry_error(st, map, e->name, e->name_len, pos, "encrypted entries are not supported");
-            goto bail;
-        }
-        if (csize != usize) {
-            zipr_entry_error(st, map, e->name, e->name_len, pos,
-                             "stored entry with different compressed and uncompressed sizes");
-            goto bail;
-        }
-        e->size = usize;
-        e->header_offset = lho;
-        e->central_at = pos;
-        by_offset[i] = e;
-        pos += ZIPR_CENTRAL_SIZE + nlen + xlen + clen;
-    }
-    /* Every entry must live in the folder named by the first one ("archive/..."). */
-    const char *slash = memchr(entries[0].name, '/', entries[0].name_len);
-    size_t prefix_len = slash == NULL ? 0 : (size_t)(slash - entries[0].name);
-    for (uint64_t i = 0; i < count; i++) {
-        const nx_zip_entry *e = &entries[i];
-        if (slash == NULL || e->name_len <= prefix_len + 1 || e->name[prefix_len] != '/' ||
-            memcmp(e->name, entries[0].name, prefix_len) != 0) {
-            char printable[256], folder[256];
-            zipr_name(printable, sizeof printable, e->name, e->name_len);
-            zipr_name(folder, sizeof folder, entries[0].name, prefix_len);
-            PyErr_Format(st->CheckpointError, kZipFolderError, map->path, printable, folder);
-            goto bail;
-        }
-    }
-    /* Overlapping entries would let one payload alias another (or a header): reject them. The
-     * smallest extent an entry can have is its local header without extra field plus its payload;
-     * opening an entry later checks the real extent against `limit`. */
-    qsort(by_offset, (size_t)count, sizeof *by_offset, zipr_cmp_offset);
-    for (uint64_t i = 0; i < count; i++) {
-        nx_zip_entry *a = (nx_zip_entry *)by_offset[i];
-        a->limit = i + 1 < count ? by_offset[i + 1]->header_offset : cd_off;
-        if (!zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE, cd_off)) {
-            zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
-                             "local header missing or outside the archive data");
-            goto bail;
-        }
-        if (!zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE + a->name_len, a->limit) ||
-            !zipr_inside(a->header_offset + ZIPR_LOCAL_SIZE + a->name_len, a->size, a->limit)) {
-            char na[256], nbn[256];
-            zipr_name(na, sizeof na, a->name, a->name_len);
-            if (i + 1 == count) {
-                zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
-                                 "payload extends past the archive data");
-                goto bail;
-            }
-            const nx_zip_entry *nb = by_offset[i + 1];
-            zipr_name(nbn, sizeof nbn, nb->name, nb->name_len);
-            PyErr_Format(st->CheckpointError, kZipOverlapError, map->path, na,
-                         (unsigned long long)a->header_offset,
-                         (unsigned long long)(a->header_offset + ZIPR_LOCAL_SIZE + a->name_len + a->size),
-                         nbn, (unsigned long long)nb->header_offset);
-            goto bail;
-        }
-    }
-    qsort(entries, (size_t)count, sizeof *entries, zipr_cmp_name);
-    for (uint64_t i = 0; i + 1 < count; i++) {
-        if (zipr_cmp_name(&entries[i], &entries[i + 1]) == 0) {
-            char printable[256];
-            zipr_name(printable, sizeof printable, entries[i].name, entries[i].name_len);
-            PyErr_Format(st->CheckpointError, kZipDuplicateError, map->path, printable);
-            goto bail;
-        }
+    if (zipr_read_central(st, map, cd_off, cd_size, count, entries) < 0 ||
+        zipr_check_folder(st, map, entries, count, &prefix_len) < 0 ||
+        zipr_check_overlaps(st, map, entries, by_offset, count, cd_off) < 0 ||
+        zipr_sort_names(st, map, entries, count) < 0) {
+        goto bail;
     }
     zip->entries = entries;
     zip->count = (size_t)count;
