@@ -17,6 +17,8 @@
 #define ARCH_MAX_DOC_BYTES (16u * 1024u * 1024u)
 #define ARCH_ALLOWED_MAX 1024
 
+/* An ExportError from the JSON conversion, raised again as PlansError with the same text. */
+#define kArchValueError "%S"
 #define kArchDefaultSource "arch_kwargs"
 #define kUnsupportedClassError "\"%s\" is not supported; allowed: %s"
 #define kUnsupportedNameError "\"%s\" is not supported; allowed: %s"
@@ -499,7 +501,7 @@ static int ak_load(PyObject *module, jr_doc *doc, PyObject *arg, PyObject *sourc
         /* A value JSON cannot hold (NaN, a class that is not allowlisted ...) is a bad kwarg. */
         PyObject *exc = nx_take_exception();
         if (exc != NULL && Py_IS_TYPE(exc, (PyTypeObject *)nx_get_state(module)->ExportError)) {
-            PyErr_Format(nx_get_state(module)->PlansError, "%S", exc);
+            PyErr_Format(nx_get_state(module)->PlansError, kArchValueError, exc);
             Py_DECREF(exc);
         } else if (exc != NULL) {
             nx_restore_exception(exc);

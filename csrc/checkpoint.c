@@ -12,6 +12,7 @@ static const char kCkptByteorderError[] =
     "checkpoint '%U': byteorder entry says %R; only little-endian checkpoints are supported";
 static const char kCkptTopError[] =
     "checkpoint '%U': top-level object is %s, not the dict nnU-Net's save_checkpoint writes";
+static const char kCkptBareStateDict[] = "an OrderedDict (a bare state dict?)";
 static const char kCkptMissingKeyError[] =
     "checkpoint '%U': key %R is not in the file (it has: %U)";
 static const char kCkptKeysStrError[] = "keys must be a list or tuple of str, not a single %.100s";
@@ -204,7 +205,7 @@ static PyObject *ckpt_unpickle_top(nx_state *st, PyObject *path, nx_mapping *map
     if (top != NULL && !PyDict_CheckExact(top)) {
         PyErr_Format(st->CheckpointError, kCkptTopError, path,
                      Py_IS_TYPE(top, (PyTypeObject *)st->ordered_dict_type)
-                         ? "an OrderedDict (a bare state dict?)"
+                         ? kCkptBareStateDict
                          : Py_TYPE(top)->tp_name);
         Py_CLEAR(top);
     }

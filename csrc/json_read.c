@@ -16,6 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* "<file>: <reason>" and "<file>: <key path>: <reason>" */
+#define kFileReasonFormat "%s: %s"
+#define kPathReasonFormat "%s: %s: %s"
 #define kOpenError "%s: cannot open: %s"
 #define kNotRegularError "%s: not a regular file"
 #define kTooLargeError "%s: file is %lld bytes, more than the %lld bytes allowed for a JSON file"
@@ -70,9 +73,9 @@ static int jr_vfail(const jr_doc *doc, PyObject *type, const char *path, const c
 
     vsnprintf(detail, sizeof(detail), fmt, ap);
     if (path == NULL || path[0] == '\0') {
-        PyErr_Format(type, "%s: %s", doc->file, detail);
+        PyErr_Format(type, kFileReasonFormat, doc->file, detail);
     } else {
-        PyErr_Format(type, "%s: %s: %s", doc->file, path, detail);
+        PyErr_Format(type, kPathReasonFormat, doc->file, path, detail);
     }
     return -1;
 }

@@ -16,6 +16,9 @@ static const char kMatError[] = "checkpoint '%U': %U: %s";
 static const char kMatMisuseError[] =
     "checkpoint '%U': %U uses allowlisted global '%U' but %s, which torch.save never writes; "
     "nothing from the file was executed";
+static const char kMatTorchRejectedError[] = "checkpoint '%U': %U: torch rejected the value (%U)";
+static const char kMatNewobjMisuse[] = "instantiates it with NEWOBJ";
+static const char kMatResultCallMisuse[] = "calls the object it returns";
 static const char kMatUnexpectedError[] = "nnunet_export: unexpected %R in unpickled data";
 
 PyObject *mat_path_str(const mat_path *p)
@@ -69,7 +72,7 @@ PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *resul
     msg = exc != NULL ? PyObject_Str(exc) : NULL;
     where = msg != NULL ? mat_path_str(p) : NULL;
     if (where != NULL) {
-        PyErr_Format(ctx->st->CheckpointError, "checkpoint '%U': %U: torch rejected the value (%U)",
+        PyErr_Format(ctx->st->CheckpointError, kMatTorchRejectedError,
                      ctx->path, where, msg);
     }
     Py_XDECREF(where);
@@ -167,7 +170,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         PyObject *where = mat_path_str(p);
         if (where != NULL) {
             PyErr_Format(ctx->st->UnsafeCheckpointError, kMatMisuseError, ctx->path, where, g->name,
-                         call->newobj ? "instantiates it with NEWOBJ" : "calls the object it returns");
+                         call->newobj ? kMatNewobjMisuse : kMatResultCallMisuse);
             Py_DECREF(where);
         }
         return NULL;

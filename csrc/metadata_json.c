@@ -44,29 +44,29 @@ static cJSON *meta_from_dict(PyObject *module, PyObject *dict, PyObject *path, i
 
         if (!PyUnicode_Check(key)) {
             PyErr_Format(nx_get_state(module)->ExportError, kMetaKey, path, Py_TYPE(key)->tp_name);
-            goto error;
+            goto bail;
         }
         name = PyUnicode_AsUTF8(key);
         if (name == NULL) {
-            goto error;
+            goto bail;
         }
         child_path = meta_child_path(path, key);
         if (child_path == NULL) {
-            goto error;
+            goto bail;
         }
         item = meta_from_object(module, value, child_path, depth + 1);
         Py_CLEAR(child_path);
         if (item == NULL) {
-            goto error;
+            goto bail;
         }
         if (!cJSON_AddItemToObject(result, name, item)) {
             cJSON_Delete(item);
             PyErr_NoMemory();
-            goto error;
+            goto bail;
         }
     }
     return result;
-error:
+bail:
     Py_XDECREF(child_path);
     cJSON_Delete(result);
     return NULL;
@@ -87,26 +87,26 @@ static cJSON *meta_from_sequence(PyObject *module, PyObject *seq, PyObject *path
 
         index = PyLong_FromSsize_t(i);
         if (index == NULL) {
-            goto error;
+            goto bail;
         }
         child_path = meta_child_path(path, index);
         Py_CLEAR(index);
         if (child_path == NULL) {
-            goto error;
+            goto bail;
         }
         item = meta_from_object(module, PySequence_Fast_GET_ITEM(seq, i), child_path, depth + 1);
         Py_CLEAR(child_path);
         if (item == NULL) {
-            goto error;
+            goto bail;
         }
         if (!cJSON_AddItemToArray(result, item)) {
             cJSON_Delete(item);
             PyErr_NoMemory();
-            goto error;
+            goto bail;
         }
     }
     return result;
-error:
+bail:
     Py_XDECREF(index);
     Py_XDECREF(child_path);
     cJSON_Delete(result);

@@ -246,7 +246,7 @@ typedef enum {
     NX_G_DEVICE,
     NX_G_NP_SCALAR,
     NX_G_NP_DTYPE,
-    NX_G_NP_DTYPE_CLASS,  /* numpy.dtypes.Float64DType ...; name kept in nx_lazy.name */
+    NX_G_NP_DTYPE_CLASS,  /* numpy.dtypes.Float64DType ...; sub = index in nx_np_dtype_classes */
     NX_G_CODECS_ENCODE,
 } nx_global_id;
 
@@ -257,7 +257,7 @@ typedef struct {
     PyObject_HEAD
     int kind;          /* nx_lazy_kind */
     int global_id;     /* nx_global_id, for NX_LAZY_GLOBAL */
-    int sub;           /* dtype index for storage / dtype globals */
+    int sub;           /* dtype index (storage / dtype globals), numpy.dtypes class index */
     int newobj;        /* CALL came from NEWOBJ rather than REDUCE */
     PyObject *name;    /* owned str "module.qualname" (GLOBAL) */
     PyObject *func;    /* owned: callee (CALL) */
@@ -273,9 +273,9 @@ typedef struct {
 
 extern const nx_dtype_info nx_dtypes[];
 extern const int nx_dtype_count;
-#define NX_DTYPE_UINT8 8
+#define NX_DTYPE_UINT8 8 /* index of uint8 in nx_dtypes (UntypedStorage elements) */
 extern const char *const nx_np_dtype_classes[]; /* attribute names in numpy.dtypes */
-extern const int nx_np_dtype_class_count; /* index of uint8 in nx_dtypes (UntypedStorage elements) */
+extern const int nx_np_dtype_class_count;
 
 int nx_lazy_add_type(PyObject *module);
 /* New placeholder of `kind` with no fields set (NULL with an exception on failure). */
@@ -357,11 +357,11 @@ typedef struct {
     PyObject *path;        /* borrowed str */
     PyObject *factory;     /* borrowed trusted callable from the Python layer */
     PyObject *build_states;/* borrowed dict from nx_unpickle */
-    PyObject *memo;        /* owned dict id(placeholder object) -> materialised object */
-    PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor) */
+    PyObject *memo;        /* owned dict id(unpickled object) -> materialised object */
+    PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor, nbytes) */
     nx_copy_plan *pass;    /* borrowed; NULL: neither copy nor CRC check. With copy, storages
                             * leave the mapping (they survive in-place file rewrites) */
-    int depth;
+    int depth;             /* containers being materialised, at most 200 */
 } nx_mat_ctx;
 
 /* ---- materialiser internals (materialize.c, tensor_rebuild.c) ---- */

@@ -12,6 +12,8 @@
 
 static const char kBindNotLoaded[] =
     "cannot open libtorch at '%s' to look up its stable C ABI: %s";
+static const char kGuardReentryError[] = "ThreadGuard is not re-entrant: make a new one";
+static const char kGuardExitError[] = "ThreadGuard.__exit__ without __enter__";
 static const char kBadNumThreads[] = "num_threads must be a positive int or None, got %R";
 static const char kRestoreFailed[] =
     "torch's thread count is %u after restoring it to %ld: another thread changed it";
@@ -22,8 +24,8 @@ static nx_torch_get_num_threads_fn threads_stable_get_num_threads = NULL;
 typedef struct {
     PyObject_HEAD
     long requested_threads;   /* 0: leave the count alone */
-    int entered;
-    long saved_threads;
+    int entered;              /* between __enter__ and __exit__ */
+    long saved_threads;       /* intra-op thread count at __enter__ */
     PyObject *saved_cudnn_benchmark; /* owned */
     PyObject *saved_grad_enabled;    /* owned */
     PyObject *saved_default_dtype;   /* owned */
@@ -159,31 +161,31 @@ static PyObject *threads_guard_enter(threads_guard *self, PyObject *Py_UNUSED(ig
     PyObject *cudnn = NULL;
 
     if (self->entered) {
-        PyErr_SetString(PyExc_RuntimeError, "ThreadGuard is not re-entrant: make a new one");
+        PyErr_SetString(PyExc_RuntimeError, kGuardReentryError);
         return NULL;
     }
     self->saved_threads = nx_torch_num_threads();
     if (self->saved_threads < 0) {
-        goto error;
+        goto bail;
     }
     cudnn = PyImport_ImportModule("torch.backends.cudnn");
     if (cudnn == NULL) {
-        goto error;
+        goto bail;
     }
     self->saved_cudnn_benchmark = PyObject_GetAttrString(cudnn, "benchmark");
     self->saved_grad_enabled = threads_torch_call("torch", "is_grad_enabled", NULL);
     self->saved_default_dtype = threads_torch_call("torch", "get_default_dtype", NULL);
     if (self->saved_cudnn_benchmark == NULL || self->saved_grad_enabled == NULL ||
         self->saved_default_dtype == NULL) {
-        goto error;
+        goto bail;
     }
     if (self->requested_threads > 0 && threads_set_num_threads(self->requested_threads) < 0) {
-        goto error;
+        goto bail;
     }
     Py_DECREF(cudnn);
     self->entered = 1;
     return Py_NewRef((PyObject *)self);
-error:
+bail:
     Py_XDECREF(cudnn);
     threads_guard_release_saved(self);
     return NULL;
@@ -201,7 +203,7 @@ static PyObject *threads_guard_exit(threads_guard *self, PyObject *args)
 
     (void)args;
     if (!self->entered) {
-        PyErr_SetString(PyExc_RuntimeError, "ThreadGuard.__exit__ without __enter__");
+        PyErr_SetString(PyExc_RuntimeError, kGuardExitError);
         return NULL;
     }
     self->entered = 0;

@@ -11,6 +11,7 @@ static const char kUpkError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s";
 static const char kUpkUnknownOpcode[] =
     "checkpoint '%U': %s byte %llu: opcode 0x%02x (%s) is not allowed; only the protocol-2 "
     "opcodes torch's weights-only loader accepts are";
+static const char kUpkPythonError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)";
 static const char kUpkTruncated[] = "checkpoint '%U': %s ends inside opcode %s at byte %llu";
 static const char kUpkNoStop[] = "checkpoint '%U': %s ends without STOP";
 static const char kUpkProtocolError[] = "only protocol 2 (first opcode) is accepted";
@@ -32,7 +33,7 @@ int upk_fail_from_python(upk_vm *vm, const char *what)
     PyObject *exc = nx_take_exception();
     PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
     PyErr_Clear();
-    PyErr_Format(vm->st->CheckpointError, "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)",
+    PyErr_Format(vm->st->CheckpointError, kUpkPythonError,
                  vm->path, vm->entry, (unsigned long long)vm->op_at, vm->op, what,
                  msg != NULL ? msg : Py_None);
     Py_XDECREF(msg);
