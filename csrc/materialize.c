@@ -20,6 +20,27 @@ static const char kMatTorchRejectedError[] = "checkpoint '%U': %U: torch rejecte
 static const char kMatNewobjMisuse[] = "instantiates it with NEWOBJ";
 static const char kMatResultCallMisuse[] = "calls the object it returns";
 static const char kMatUnexpectedError[] = "nnunet_export: unexpected %R in unpickled data";
+/* Reasons (after the key path) */
+static const char kMatNpDtypeArgsError[] = "numpy.dtype arguments are not (code, align, copy)";
+static const char kMatNpDtypeCodeError[] =
+    "numpy.dtype code is not a plain numeric type (b1, i1-i8, u1-u8, f2-f8, c8, c16)";
+static const char kMatNpDtypeStateError[] = "numpy.dtype state is not (version, byteorder, ...)";
+static const char kMatNpByteorderError[] = "numpy.dtype byte order is not little-endian ('<', '|', '=')";
+static const char kMatNpScalarArgsError[] = "numpy scalar arguments are not (dtype, bytes)";
+static const char kMatNpScalarDtypeError[] = "numpy scalar dtype is not a numpy.dtype";
+static const char kMatNpScalarSizeError[] = "numpy scalar byte count does not match its dtype";
+static const char kMatCalleeError[] = "call of something that is not a global";
+static const char kMatParameterArgsError[] =
+    "_rebuild_parameter arguments are not (tensor, bool, hooks)";
+static const char kMatDeviceArgsError[] = "torch.device arguments are not (str[, int])";
+static const char kMatEncodeError[] = "_codecs.encode is accepted only as encode(str, 'latin1')";
+static const char kMatCallArgsError[] = "this allowlisted global cannot be called with these arguments";
+static const char kMatBareStorageError[] = "a bare storage (not inside a tensor) is not supported";
+static const char kMatGlobalValueError[] =
+    "an allowlisted global used as a plain value is not supported";
+static const char kMatBuildStateError[] = "OrderedDict BUILD state is not a dict";
+static const char kMatAttributeError[] = "OrderedDict attribute name is not allowed";
+static const char kMatDepthError[] = "nested deeper than 200 levels";
 
 PyObject *mat_path_str(const mat_path *p)
 {
@@ -90,7 +111,7 @@ static PyObject *mat_np_dtype(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     PyArray_Descr *descr = NULL;
     if (PyTuple_GET_SIZE(args) < 1 || PyTuple_GET_SIZE(args) > 3 ||
         !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0))) {
-        return mat_fail(ctx, p, "numpy.dtype arguments are not (code, align, copy)");
+        return mat_fail(ctx, p, kMatNpDtypeArgsError);
     }
     const char *code = NULL;
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
@@ -99,20 +120,19 @@ static PyObject *mat_np_dtype(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         }
     }
     if (code == NULL) {
-        return mat_fail(ctx, p, "numpy.dtype code is not a plain numeric type (b1, i1-i8, u1-u8, "
-                                "f2-f8, c8, c16)");
+        return mat_fail(ctx, p, kMatNpDtypeCodeError);
     }
     if (call->state != NULL && call->state != Py_None) {
         PyObject *st = call->state;
         if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) < 2 ||
             !PyUnicode_CheckExact(PyTuple_GET_ITEM(st, 1))) {
-            return mat_fail(ctx, p, "numpy.dtype state is not (version, byteorder, ...)");
+            return mat_fail(ctx, p, kMatNpDtypeStateError);
         }
         PyObject *order = PyTuple_GET_ITEM(st, 1);
         if (PyUnicode_CompareWithASCIIString(order, "<") != 0 &&
             PyUnicode_CompareWithASCIIString(order, "|") != 0 &&
             PyUnicode_CompareWithASCIIString(order, "=") != 0) {
-            return mat_fail(ctx, p, "numpy.dtype byte order is not little-endian ('<', '|', '=')");
+            return mat_fail(ctx, p, kMatNpByteorderError);
         }
     }
     PyObject *code_obj = PyUnicode_FromString(code); /* our constant, not the file's string */
@@ -130,19 +150,19 @@ static PyObject *mat_np_scalar(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p
     PyObject *args = call->args, *descr = NULL, *result = NULL;
     if (call->state != NULL || PyTuple_GET_SIZE(args) != 2 ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(args, 1))) {
-        return mat_fail(ctx, p, "numpy scalar arguments are not (dtype, bytes)");
+        return mat_fail(ctx, p, kMatNpScalarArgsError);
     }
     descr = mat_value(ctx, PyTuple_GET_ITEM(args, 0), p);
     if (descr == NULL) {
         return NULL;
     }
     if (!PyArray_DescrCheck(descr)) {
-        mat_fail(ctx, p, "numpy scalar dtype is not a numpy.dtype");
+        mat_fail(ctx, p, kMatNpScalarDtypeError);
         goto bail;
     }
     PyObject *raw = PyTuple_GET_ITEM(args, 1);
     if (PyBytes_GET_SIZE(raw) != PyDataType_ELSIZE((PyArray_Descr *)descr)) {
-        mat_fail(ctx, p, "numpy scalar byte count does not match its dtype");
+        mat_fail(ctx, p, kMatNpScalarSizeError);
         goto bail;
     }
     result = PyArray_Scalar(PyBytes_AS_STRING(raw), (PyArray_Descr *)descr, NULL);
@@ -159,7 +179,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         func = ((nx_lazy *)func)->func;
     }
     if (!mat_is_lazy(ctx, func, NX_LAZY_GLOBAL)) {
-        return mat_fail(ctx, p, "call of something that is not a global");
+        return mat_fail(ctx, p, kMatCalleeError);
     }
     nx_lazy *g = (nx_lazy *)func;
     if (g->global_id == NX_G_UNSAFE) {
@@ -185,7 +205,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         if (call->state != NULL || PyTuple_GET_SIZE(args) != 3 ||
             !PyBool_Check(PyTuple_GET_ITEM(args, 1)) ||
             !mat_is_lazy(ctx, PyTuple_GET_ITEM(args, 0), NX_LAZY_CALL)) {
-            return mat_fail(ctx, p, "_rebuild_parameter arguments are not (tensor, bool, hooks)");
+            return mat_fail(ctx, p, kMatParameterArgsError);
         }
         PyObject *tensor = mat_value(ctx, PyTuple_GET_ITEM(args, 0), p);
         if (tensor == NULL) {
@@ -200,7 +220,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         Py_ssize_t n = PyTuple_GET_SIZE(args);
         if (call->state != NULL || n < 1 || n > 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) ||
             (n == 2 && !PyLong_CheckExact(PyTuple_GET_ITEM(args, 1)))) {
-            return mat_fail(ctx, p, "torch.device arguments are not (str[, int])");
+            return mat_fail(ctx, p, kMatDeviceArgsError);
         }
         return mat_factory_result(
             ctx, p, n == 1 ? PyObject_CallFunction(ctx->factory, "sO", "device", PyTuple_GET_ITEM(args, 0))
@@ -212,9 +232,9 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     case NX_G_NP_SCALAR:
         return mat_np_scalar(ctx, call, p);
     case NX_G_CODECS_ENCODE:
-        return mat_fail(ctx, p, "_codecs.encode is accepted only as encode(str, 'latin1')");
+        return mat_fail(ctx, p, kMatEncodeError);
     default:
-        return mat_fail(ctx, p, "this allowlisted global cannot be called with these arguments");
+        return mat_fail(ctx, p, kMatCallArgsError);
     }
 }
 
@@ -224,7 +244,7 @@ static PyObject *mat_lazy(nx_mat_ctx *ctx, nx_lazy *z, const mat_path *p)
         return mat_call(ctx, z, p);
     }
     if (z->kind == NX_LAZY_PERSID) {
-        return mat_fail(ctx, p, "a bare storage (not inside a tensor) is not supported");
+        return mat_fail(ctx, p, kMatBareStorageError);
     }
     switch (z->global_id) {
     case NX_G_UNSAFE:
@@ -241,7 +261,7 @@ static PyObject *mat_lazy(nx_mat_ctx *ctx, nx_lazy *z, const mat_path *p)
         return cls;
     }
     default:
-        return mat_fail(ctx, p, "an allowlisted global used as a plain value is not supported");
+        return mat_fail(ctx, p, kMatGlobalValueError);
     }
 }
 
@@ -268,7 +288,7 @@ static int mat_apply_build_states(nx_mat_ctx *ctx, PyObject *orig, PyObject *mad
         PyObject *k, *v;
         Py_ssize_t pos = 0;
         if (!PyDict_CheckExact(state)) {
-            mat_fail(ctx, p, "OrderedDict BUILD state is not a dict");
+            mat_fail(ctx, p, kMatBuildStateError);
             goto bail;
         }
         while (PyDict_Next(state, &pos, &k, &v)) {
@@ -277,7 +297,7 @@ static int mat_apply_build_states(nx_mat_ctx *ctx, PyObject *orig, PyObject *mad
                 (PyUnicode_GET_LENGTH(k) >= 2 && PyUnicode_READ_CHAR(k, 0) == '_' &&
                  PyUnicode_READ_CHAR(k, 1) == '_') ||
                 PyObject_HasAttr((PyObject *)Py_TYPE(made), k)) {
-                mat_fail(ctx, p, "OrderedDict attribute name is not allowed");
+                mat_fail(ctx, p, kMatAttributeError);
                 goto bail;
             }
             mat_path sub = {p, k, 1};
@@ -443,7 +463,7 @@ static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p)
         goto bail;
     }
     if (ctx->depth >= MAT_MAX_DEPTH) {
-        mat_fail(ctx, p, "nested deeper than 200 levels");
+        mat_fail(ctx, p, kMatDepthError);
         goto bail;
     }
     ctx->depth++;

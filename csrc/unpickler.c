@@ -19,6 +19,21 @@ static const char kUpkShortStackError[] = "not enough items on the stack";
 static const char kUpkAppendError[] = "needs a list and an item";
 static const char kUpkSetitemError[] = "needs a dict, a key and a value";
 static const char kUpkUtf8Error[] = "string is not UTF-8";
+static const char kUpkMarkFloorError[] = "stack empty above the last MARK";
+static const char kUpkUnderflowError[] = "stack underflow";
+static const char kUpkNoMarkError[] = "no MARK on the stack";
+static const char kUpkMemoRangeError[] = "memo index larger than the pickle could ever fill";
+static const char kUpkMemoMissingError[] = "memo index was never stored";
+static const char kUpkSetitemsError[] = "needs a dict below the MARK and key/value pairs above it";
+static const char kUpkDictTargetError[] = "target is not a dict or OrderedDict";
+static const char kUpkDictKeyError[] =
+    "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) other than -1 (other "
+    "keys allow hash-collision floods)";
+static const char kUpkBadKeyError[] = "bad dict key";
+static const char kUpkAppendsError[] = "needs a list below the MARK";
+static const char kUpkListTargetError[] = "target is not a list";
+static const char kUpkStopStackError[] = "STOP with a stack other than exactly one object";
+static const char kUpkTrailingError[] = "bytes follow STOP";
 
 int upk_fail(upk_vm *vm, const char *why)
 {
@@ -81,7 +96,7 @@ PyObject *upk_pop(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
-        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        upk_fail(vm, vm->nmarks ? kUpkMarkFloorError : kUpkUnderflowError);
         return NULL;
     }
     return vm->stack[--vm->sp];
@@ -91,7 +106,7 @@ PyObject *upk_top(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
-        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        upk_fail(vm, vm->nmarks ? kUpkMarkFloorError : kUpkUnderflowError);
         return NULL;
     }
     return vm->stack[vm->sp - 1];
@@ -101,7 +116,7 @@ PyObject *upk_top(upk_vm *vm)
 static Py_ssize_t upk_pop_mark(upk_vm *vm)
 {
     if (vm->nmarks == 0) {
-        upk_fail(vm, "no MARK on the stack");
+        upk_fail(vm, kUpkNoMarkError);
         return -1;
     }
     return (Py_ssize_t)vm->marks[--vm->nmarks];
@@ -129,7 +144,7 @@ static int upk_memo_put(upk_vm *vm, uint64_t idx)
     /* Real indices are below the number of PUT opcodes, hence below the pickle length: this
      * bounds the memo allocation by the input size. */
     if (idx >= vm->len) {
-        return upk_fail(vm, "memo index larger than the pickle could ever fill");
+        return upk_fail(vm, kUpkMemoRangeError);
     }
     if (idx >= vm->memo_cap) {
         size_t cap = vm->memo_cap ? vm->memo_cap : 64;
@@ -152,7 +167,7 @@ static int upk_memo_put(upk_vm *vm, uint64_t idx)
 static int upk_memo_get(upk_vm *vm, uint64_t idx)
 {
     if (idx >= vm->memo_cap || vm->memo[idx] == NULL) {
-        return upk_fail(vm, "memo index was never stored");
+        return upk_fail(vm, kUpkMemoMissingError);
     }
     return upk_push(vm, Py_NewRef(vm->memo[idx]));
 }
@@ -178,20 +193,19 @@ static int upk_key_ok(upk_vm *vm, PyObject *key)
 static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp || ((size_t)(vm->sp - (size_t)start)) % 2 != 0) {
-        return upk_fail(vm, "needs a dict below the MARK and key/value pairs above it");
+        return upk_fail(vm, kUpkSetitemsError);
     }
     PyObject *target = vm->stack[start - 1];
     if (!PyDict_CheckExact(target) && !Py_IS_TYPE(target, (PyTypeObject *)vm->ordered_dict)) {
-        return upk_fail(vm, "target is not a dict or OrderedDict");
+        return upk_fail(vm, kUpkDictTargetError);
     }
     for (size_t i = (size_t)start; i < vm->sp; i += 2) {
         if (!upk_key_ok(vm, vm->stack[i])) {
-            return upk_fail(vm, "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) "
-                                "other than -1 (other keys allow hash-collision floods)");
+            return upk_fail(vm, kUpkDictKeyError);
         }
         /* Keys are built-in values or placeholders: hashing them runs no code from the file. */
         if (PyObject_SetItem(target, vm->stack[i], vm->stack[i + 1]) < 0) {
-            return upk_fail_from_python(vm, "bad dict key");
+            return upk_fail_from_python(vm, kUpkBadKeyError);
         }
     }
     while (vm->sp > (size_t)start) {
@@ -203,11 +217,11 @@ static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 static int upk_appends(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp) {
-        return upk_fail(vm, "needs a list below the MARK");
+        return upk_fail(vm, kUpkAppendsError);
     }
     PyObject *target = vm->stack[start - 1];
     if (!PyList_CheckExact(target)) {
-        return upk_fail(vm, "target is not a list");
+        return upk_fail(vm, kUpkListTargetError);
     }
     for (size_t i = (size_t)start; i < vm->sp; i++) {
         if (PyList_Append(target, vm->stack[i]) < 0) {
@@ -491,11 +505,11 @@ PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uin
         goto bail;
     }
     if (vm.sp != 1 || vm.nmarks != 0) {
-        upk_fail(&vm, "STOP with a stack other than exactly one object");
+        upk_fail(&vm, kUpkStopStackError);
         goto bail;
     }
     if (vm.pos != vm.len) {
-        upk_fail(&vm, "bytes follow STOP");
+        upk_fail(&vm, kUpkTrailingError);
         goto bail;
     }
     result = vm.stack[--vm.sp];

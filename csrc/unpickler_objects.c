@@ -9,6 +9,14 @@
 #define UPK_MAX_LINE 256 /* GLOBAL module / name lines */
 
 static const char kUpkPersidError[] = "persistent id is not a tuple";
+/* Reasons (after the opcode) */
+static const char kUpoNameLengthError[] = "module or name empty or longer than 256 bytes";
+static const char kUpoNameCharsError[] = "module or name is not printable ASCII";
+static const char kUpoArgsError[] = "argument is not a tuple";
+static const char kUpoCallableError[] = "callable is not a global";
+static const char kUpoLatin1Error[] = "_codecs.encode argument is not latin1";
+static const char kUpoBuildTargetError[] =
+    "BUILD target is not an OrderedDict or a reconstructed object";
 
 static int upo_global(upk_vm *vm)
 {
@@ -21,12 +29,12 @@ static int upo_global(upk_vm *vm)
         }
         uint64_t n = (uint64_t)(nl - (vm->data + start));
         if (n == 0 || n > UPK_MAX_LINE) {
-            return upk_fail(vm, "module or name empty or longer than 256 bytes");
+            return upk_fail(vm, kUpoNameLengthError);
         }
         for (uint64_t k = 0; k < n; k++) {
             uint8_t c = vm->data[start + k];
             if (c < 0x21 || c > 0x7e) {
-                return upk_fail(vm, "module or name is not printable ASCII");
+                return upk_fail(vm, kUpoNameCharsError);
             }
         }
         memcpy(parts[i], vm->data + start, (size_t)n);
@@ -66,11 +74,11 @@ static int upo_reduce(upk_vm *vm, int newobj)
         goto bail;
     }
     if (!PyTuple_CheckExact(args)) {
-        upk_fail(vm, "argument is not a tuple");
+        upk_fail(vm, kUpoArgsError);
         goto bail;
     }
     if (!Py_IS_TYPE(func, (PyTypeObject *)vm->st->lazy_type)) {
-        upk_fail(vm, "callable is not a global");
+        upk_fail(vm, kUpoCallableError);
         goto bail;
     }
     if (!newobj && upo_is_global(func, vm->st, NX_G_ORDERED_DICT) && PyTuple_GET_SIZE(args) == 0) {
@@ -83,7 +91,7 @@ static int upo_reduce(upk_vm *vm, int newobj)
         /* NumPy scalars carry their raw bytes as a latin1 str; decode it to bytes right here. */
         result = PyUnicode_AsLatin1String(PyTuple_GET_ITEM(args, 0));
         if (result == NULL) {
-            upk_fail_from_python(vm, "_codecs.encode argument is not latin1");
+            upk_fail_from_python(vm, kUpoLatin1Error);
             goto bail;
         }
     } else {
@@ -135,7 +143,7 @@ static int upo_build(upk_vm *vm)
         ((nx_lazy *)inst)->state = Py_NewRef(state);
         rc = 0;
     } else {
-        upk_fail(vm, "BUILD target is not an OrderedDict or a reconstructed object");
+        upk_fail(vm, kUpoBuildTargetError);
     }
 bail:
     Py_XDECREF(key);

@@ -36,6 +36,23 @@ static const char kZipFolderError[] =
 static const char kZipCrcError[] =
     "checkpoint '%U': entry '%s' (payload at byte %llu, %llu bytes) fails its CRC32 check "
     "(stored 0x%08x, computed 0x%08x): the file is corrupt";
+/* Reasons, after "at byte N" or the entry name */
+static const char kZipEocd64MissingWhy[] =
+    "ZIP64 end-of-central-directory record missing or out of place";
+static const char kZipMultiDiskWhy[] = "multi-disk ZIP archives are not supported";
+static const char kZipMultiDisk64Why[] = "multi-disk ZIP64 archives are not supported";
+static const char kZipDirectoryOutsideWhy[] = "central directory lies outside the file";
+static const char kZipEntryCountWhy[] = "central directory entry count does not fit its size";
+static const char kZipLocalMissingWhy[] = "local header missing or outside the archive data";
+static const char kZipLocalMismatchWhy[] = "local header does not match the central directory";
+static const char kZipLocalFieldsWhy[] = "local header CRC or size differs from the central directory";
+static const char kZipPayloadOverrunWhy[] = "payload runs into the next entry or past the archive data";
+static const char kZipCentralTruncatedWhy[] = "central directory record missing or truncated";
+static const char kZipCentralNameWhy[] = "central directory record name or extra field truncated";
+static const char kZipZip64ExtraWhy[] = "malformed ZIP64 extra field";
+static const char kZipEncryptedWhy[] = "encrypted entries are not supported";
+static const char kZipSizesWhy[] = "stored entry with different compressed and uncompressed sizes";
+static const char kZipPayloadPastWhy[] = "payload extends past the archive data";
 
 /* True when [off, off+len) lies inside [0, limit); overflow-safe. */
 static int zipr_inside(uint64_t off, uint64_t len, uint64_t limit)
@@ -118,7 +135,7 @@ static int zipr_find_directory(nx_state *st, const nx_mapping *map, uint64_t *cd
     }
     const uint8_t *e = b + eocd;
     if (nx_le16(e + 4) != 0 || nx_le16(e + 6) != 0 || nx_le16(e + 8) != nx_le16(e + 10)) {
-        return zipr_record_error(st, map, "multi-disk ZIP archives are not supported", eocd);
+        return zipr_record_error(st, map, kZipMultiDiskWhy, eocd);
     }
     *count = nx_le16(e + 10);
     *cd_size = nx_le32(e + 12);
@@ -127,18 +144,17 @@ static int zipr_find_directory(nx_state *st, const nx_mapping *map, uint64_t *cd
         const uint8_t *loc = b + eocd - ZIPR_LOC64_SIZE;
         uint64_t off64 = nx_le64(loc + 8);
         if (nx_le32(loc + 4) != 0 || nx_le32(loc + 16) > 1) {
-            return zipr_record_error(st, map, "multi-disk ZIP64 archives are not supported",
+            return zipr_record_error(st, map, kZipMultiDisk64Why,
                                      eocd - ZIPR_LOC64_SIZE);
         }
         if (!zipr_inside(off64, ZIPR_EOCD64_SIZE, eocd - ZIPR_LOC64_SIZE) ||
             nx_le32(b + off64) != ZIPR_EOCD64_SIG) {
-            return zipr_record_error(st, map, "ZIP64 end-of-central-directory record missing or "
-                                     "out of place", eocd - ZIPR_LOC64_SIZE);
+            return zipr_record_error(st, map, kZipEocd64MissingWhy, eocd - ZIPR_LOC64_SIZE);
         }
         const uint8_t *e64 = b + off64;
         if (nx_le32(e64 + 16) != 0 || nx_le32(e64 + 20) != 0 ||
             nx_le64(e64 + 24) != nx_le64(e64 + 32)) {
-            return zipr_record_error(st, map, "multi-disk ZIP64 archives are not supported", off64);
+            return zipr_record_error(st, map, kZipMultiDisk64Why, off64);
         }
         *count = nx_le64(e64 + 32);
         *cd_size = nx_le64(e64 + 40);
@@ -146,11 +162,11 @@ static int zipr_find_directory(nx_state *st, const nx_mapping *map, uint64_t *cd
         eocd = off64; /* the directory must end before the ZIP64 record */
     }
     if (!zipr_inside(*cd_off, *cd_size, eocd)) {
-        return zipr_record_error(st, map, "central directory lies outside the file", eocd);
+        return zipr_record_error(st, map, kZipDirectoryOutsideWhy, eocd);
     }
     /* Bound the allocation by what the directory bytes can hold. */
     if (*count == 0 || *count > *cd_size / ZIPR_CENTRAL_SIZE) {
-        return zipr_record_error(st, map, "central directory entry count does not fit its size",
+        return zipr_record_error(st, map, kZipEntryCountWhy,
                                  eocd);
     }
     return 0;
@@ -194,7 +210,7 @@ static int zipr_check_local(nx_state *st, const nx_mapping *map, nx_zip_entry *e
     if (!zipr_inside(e->header_offset, ZIPR_LOCAL_SIZE, cd_off) ||
         nx_le32(b + e->header_offset) != ZIPR_LOCAL_SIG) {
         return zipr_entry_error(st, map, e->name, e->name_len, central_at,
-                                "local header missing or outside the archive data");
+                                kZipLocalMissingWhy);
     }
     const uint8_t *l = b + e->header_offset;
     uint16_t flags = nx_le16(l + 6);
@@ -203,20 +219,20 @@ static int zipr_check_local(nx_state *st, const nx_mapping *map, nx_zip_entry *e
         !zipr_inside(e->header_offset + ZIPR_LOCAL_SIZE, nlen + xlen, cd_off) ||
         memcmp(l + ZIPR_LOCAL_SIZE, e->name, e->name_len) != 0) {
         return zipr_entry_error(st, map, e->name, e->name_len, central_at,
-                                "local header does not match the central directory");
+                                kZipLocalMismatchWhy);
     }
     /* Without a data descriptor (bit 3) the local header carries the real CRC and sizes. */
     if (!(flags & 0x0008u)) {
         uint32_t lsize = nx_le32(l + 22);
         if (nx_le32(l + 14) != e->crc || (lsize != 0xFFFFFFFFu && lsize != e->size)) {
             return zipr_entry_error(st, map, e->name, e->name_len, central_at,
-                                    "local header CRC or size differs from the central directory");
+                                    kZipLocalFieldsWhy);
         }
     }
     e->data_offset = e->header_offset + ZIPR_LOCAL_SIZE + nlen + xlen;
     if (!zipr_inside(e->data_offset, e->size, cd_off)) {
         return zipr_entry_error(st, map, e->name, e->name_len, central_at,
-                                "payload runs into the next entry or past the archive data");
+                                kZipPayloadOverrunWhy);
     }
     return 0;
 }
@@ -231,20 +247,20 @@ static int zipr_read_central(nx_state *st, const nx_mapping *map, uint64_t cd_of
     for (uint64_t i = 0; i < count; i++) {
         const uint8_t *c = map->base + pos;
         if (!zipr_inside(pos, ZIPR_CENTRAL_SIZE, end) || nx_le32(c) != ZIPR_CENTRAL_SIG) {
-            return zipr_record_error(st, map, "central directory record missing or truncated", pos);
+            return zipr_record_error(st, map, kZipCentralTruncatedWhy, pos);
         }
         uint16_t flags = nx_le16(c + 8), method = nx_le16(c + 10);
         uint64_t nlen = nx_le16(c + 28), xlen = nx_le16(c + 30), clen = nx_le16(c + 32);
         uint64_t csize = nx_le32(c + 20), usize = nx_le32(c + 24), lho = nx_le32(c + 42);
         if (!zipr_inside(pos + ZIPR_CENTRAL_SIZE, nlen + xlen + clen, end) || nlen == 0) {
-            return zipr_record_error(st, map, "central directory record name or extra field truncated", pos);
+            return zipr_record_error(st, map, kZipCentralNameWhy, pos);
         }
         nx_zip_entry *e = &entries[i];
         e->name = (const char *)c + ZIPR_CENTRAL_SIZE;
         e->name_len = (size_t)nlen;
         e->crc = nx_le32(c + 16);
         if (zipr_zip64_extra(c + ZIPR_CENTRAL_SIZE + nlen, (uint32_t)xlen, &usize, &csize, &lho) < 0) {
-            return zipr_entry_error(st, map, e->name, e->name_len, pos, "malformed ZIP64 extra field");
+            return zipr_entry_error(st, map, e->name, e->name_len, pos, kZipZip64ExtraWhy);
         }
         if (method != 0) {
             char printable[256];
@@ -254,11 +270,11 @@ static int zipr_read_central(nx_state *st, const nx_mapping *map, uint64_t cd_of
             return -1;
         }
         if (flags & 0x0001u) {
-            return zipr_entry_error(st, map, e->name, e->name_len, pos, "encrypted entries are not supported");
+            return zipr_entry_error(st, map, e->name, e->name_len, pos, kZipEncryptedWhy);
         }
         if (csize != usize) {
             return zipr_entry_error(st, map, e->name, e->name_len, pos,
-                                    "stored entry with different compressed and uncompressed sizes");
+                                    kZipSizesWhy);
         }
         e->size = usize;
         e->header_offset = lho;
@@ -305,7 +321,7 @@ static int zipr_check_overlaps(nx_state *st, const nx_mapping *map, nx_zip_entry
         a->limit = i + 1 < count ? by_offset[i + 1]->header_offset : cd_off;
         if (!zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE, cd_off)) {
             return zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
-                                    "local header missing or outside the archive data");
+                                    kZipLocalMissingWhy);
         }
         if (zipr_inside(a->header_offset, ZIPR_LOCAL_SIZE + a->name_len, a->limit) &&
             zipr_inside(a->header_offset + ZIPR_LOCAL_SIZE + a->name_len, a->size, a->limit)) {
@@ -313,7 +329,7 @@ static int zipr_check_overlaps(nx_state *st, const nx_mapping *map, nx_zip_entry
         }
         if (i + 1 == count) {
             return zipr_entry_error(st, map, a->name, a->name_len, a->central_at,
-                                    "payload extends past the archive data");
+                                    kZipPayloadPastWhy);
         }
         char na[256], nbn[256];
         const nx_zip_entry *nb = by_offset[i + 1];
