@@ -16,18 +16,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* "<file>: <reason>" and "<file>: <key path>: <reason>" */
+#define kFileReasonFormat "%s: %s"
+#define kPathReasonFormat "%s: %s: %s"
 #define kOpenError "%s: cannot open: %s"
 #define kNotRegularError "%s: not a regular file"
 #define kTooLargeError "%s: file is %lld bytes, more than the %lld bytes allowed for a JSON file"
+#define kBufferTooLargeError "%s: document is %zu bytes, more than the %zu bytes allowed for JSON"
 #define kReadError "%s: cannot read: %s"
 #define kShortReadError "%s: file changed size while it was read"
 #define kSyntaxError "%s:%zu:%zu: malformed JSON: parsing stopped at this position"
 #define kTrailingError "%s:%zu:%zu: malformed JSON: unexpected data after the top-level value"
 #define kDuplicateKeyError "duplicate key \"%s\" (JSON allows it, but which value counts is ambiguous)"
-#define kWrongTypeError "expected %s, found %s"
 #define kNotIntegerError "expected an integer, found %s"
 #define kIntRangeError "expected an integer from %lld to %lld, found %s"
-#define kMissingKeyError "missing required key"
 #define kBadUtf8Error "string is not valid UTF-8"
 #define kHugeIntError "integer %s cannot be represented exactly (more than 2**53 in magnitude)"
 
@@ -64,27 +66,48 @@ void jr_path_index(char *buf, const char *parent, Py_ssize_t index)
     snprintf(buf, JR_PATH_MAX, "%s[%zd]", parent, index);
 }
 
-int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
+static int jr_vfail(const jr_doc *doc, PyObject *type, const char *path, const char *fmt,
+                    va_list ap)
 {
     char detail[1024];
-    va_list ap;
 
-    va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
     if (path == NULL || path[0] == '\0') {
-        PyErr_Format(doc->error, "%s: %s", doc->file, detail);
+        PyErr_Format(type, kFileReasonFormat, doc->file, detail);
     } else {
-        PyErr_Format(doc->error, "%s: %s: %s", doc->file, path, detail);
+        PyErr_Format(type, kPathReasonFormat, doc->file, path, detail);
     }
     return -1;
 }
 
-/* Describes a value for a message: numbers and short strings verbatim, anything else by type. */
-static void jr_describe(const cJSON *item, char *buf, size_t n)
+int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    jr_vfail(doc, doc->error, path, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int jr_fail_as(const jr_doc *doc, PyObject *type, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    jr_vfail(doc, type, path, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int jr_written_as_float(const jr_doc *doc, const cJSON *item);
+
+void jr_describe(const jr_doc *doc, const cJSON *item, char *buf, size_t n)
 {
     if (cJSON_IsNumber(item)) {
         snprintf(buf, n, "%.17g", item->valuedouble);
+        /* 16.0 in the file: say so, or "expected an integer, found 16" reads as a contradiction */
+        if (jr_written_as_float(doc, item) && strpbrk(buf, ".eni") == NULL) {
+            strncat(buf, ".0", n - strlen(buf) - 1);
+        }
     } else if (cJSON_IsString(item) && strlen(item->valuestring) < 64) {
         snprintf(buf, n, "\"%s\"", item->valuestring);
     } else {
@@ -295,12 +318,12 @@ void jr_init(jr_doc *doc, PyObject *error, const char *file)
     doc->file = file;
 }
 
-int jr_load(jr_doc *doc, size_t max_bytes)
+/* Parses doc->text (doc->size bytes, NUL-terminated). Returns 0, or -1 with the exception set. */
+static int jr_parse(jr_doc *doc)
 {
     const char *end = NULL;
     size_t line, column, offset;
 
-    if (jr_read_file(doc, max_bytes, &doc->text, &doc->size) < 0) return -1;
     /* cJSON also records a failure in a process-global; callers hold the GIL, which serialises
      * them, and nothing here reads that global: the position comes from `end`. */
     doc->root = cJSON_ParseWithLengthOpts(doc->text, doc->size, &end, 0);
@@ -327,6 +350,31 @@ int jr_load(jr_doc *doc, size_t max_bytes)
     return jr_mark_float_nodes(doc);
 }
 
+int jr_load(jr_doc *doc, size_t max_bytes)
+{
+    if (jr_read_file(doc, max_bytes, &doc->text, &doc->size) < 0) return -1;
+    return jr_parse(doc);
+}
+
+int jr_load_buffer(jr_doc *doc, const char *data, size_t len, size_t max_bytes)
+{
+    if (len > max_bytes) {
+        PyErr_Format(doc->error, kBufferTooLargeError, doc->file, len, max_bytes);
+        return -1;
+    }
+    /* A private NUL-terminated copy: cJSON reads one byte past the value, and the caller's buffer
+     * may change once the GIL is released elsewhere. */
+    doc->text = PyMem_Malloc(len + 1);
+    if (doc->text == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(doc->text, data, len);
+    doc->text[len] = '\0';
+    doc->size = len;
+    return jr_parse(doc);
+}
+
 void jr_release(jr_doc *doc)
 {
     cJSON_Delete(doc->root);
@@ -350,7 +398,7 @@ int jr_require(const jr_doc *doc, const char *parent_path, const cJSON *object, 
     *out = jr_find(object, key);
     if (*out == NULL) {
         jr_path_key(path, parent_path, key);
-        return jr_fail(doc, path, kMissingKeyError);
+        return jr_fail(doc, path, kMissingError);
     }
     return 0;
 }
@@ -358,7 +406,7 @@ int jr_require(const jr_doc *doc, const char *parent_path, const cJSON *object, 
 int jr_expect(const jr_doc *doc, const char *path, const cJSON *item, int type, const char *what)
 {
     if (item == NULL || (item->type & 0xFF) != type) {
-        return jr_fail(doc, path, kWrongTypeError, what, jr_type_name(item));
+        return jr_fail(doc, path, kTypeError, what, jr_type_name(item));
     }
     return 0;
 }
@@ -373,7 +421,7 @@ int jr_as_int(const jr_doc *doc, const char *path, const cJSON *item, long long 
         return jr_fail(doc, path, kNotIntegerError, jr_type_name(item));
     }
     d = item->valuedouble;
-    jr_describe(item, found, sizeof(found));
+    jr_describe(doc, item, found, sizeof(found));
     /* Python's json gives a float for 3.0; nnU-Net would then fail on it as a size, and so do we. */
     if (!isfinite(d) || d != floor(d) || jr_written_as_float(doc, item)) {
         return jr_fail(doc, path, kNotIntegerError, found);
@@ -398,6 +446,15 @@ Py_ssize_t jr_array_size(const cJSON *array)
     Py_ssize_t n = 0;
     for (const cJSON *c = array->child; c != NULL; c = c->next) n++;
     return n;
+}
+
+int jr_put(PyObject *out, const char *key, PyObject *value)
+{
+    int rc;
+    if (value == NULL) return -1;
+    rc = PyDict_SetItemString(out, key, value);
+    Py_DECREF(value);
+    return rc;
 }
 
 PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s)
@@ -428,7 +485,7 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
             jr_written_as_float(doc, item)) {
             result = PyFloat_FromDouble(item->valuedouble);
         } else if (fabs(item->valuedouble) > JR_EXACT_INT_LIMIT) {
-            jr_describe(item, found, sizeof(found));
+            jr_describe(doc, item, found, sizeof(found));
             jr_fail(doc, path, kHugeIntError, found);
         } else {
             /* Integral and within +-2**53: the cast is exact and defined. */
@@ -463,7 +520,7 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const cJSON *item)
         }
         break;
     default:
-        jr_fail(doc, path, kWrongTypeError, "a JSON value", jr_type_name(item));
+        jr_fail(doc, path, kTypeError, "a JSON value", jr_type_name(item));
         break;
     }
 bail:

@@ -9,7 +9,6 @@
 
 #define LABELS_MAX_VALUE 2147483647LL
 
-#define kTypeError "expected %s, found %s"
 #define kNoChannelsError "missing required key (the legacy key modality is missing too)"
 #define kChannelCountError "has %zd entries, but channel_names has %zd"
 #define kEmptyChannelsError "expected at least one channel"
@@ -21,15 +20,6 @@
 #define kNoClassOrderError "missing: region-based labels (lists of several labels) need " \
                            "regions_class_order, one entry per foreground region"
 #define kClassOrderLengthError "expected %zd entries (one per foreground region), found %zd"
-
-static int labels_put(PyObject *out, const char *key, PyObject *value)
-{
-    int rc;
-    if (value == NULL) return -1;
-    rc = PyDict_SetItemString(out, key, value);
-    Py_DECREF(value);
-    return rc;
-}
 
 static int labels_compare(const void *a, const void *b)
 {
@@ -55,7 +45,7 @@ static int labels_channels(const jr_doc *doc, Py_ssize_t *count, PyObject *out)
         return jr_fail(doc, "modality", kChannelCountError, *count, jr_array_size(names));
     }
     if (*count == 0) return jr_fail(doc, names ? "channel_names" : "modality", kEmptyChannelsError);
-    if (labels_put(out, "channel_names",
+    if (jr_put(out, "channel_names",
                    jr_to_python(doc, names ? "channel_names" : "modality", names ? names : modality)) < 0) {
         return -1;
     }
@@ -63,7 +53,7 @@ static int labels_channels(const jr_doc *doc, Py_ssize_t *count, PyObject *out)
         jr_expect(doc, "file_ending", ending, cJSON_String, "a string") < 0) {
         return -1;
     }
-    return labels_put(out, "file_ending", jr_to_python(doc, "file_ending", ending));
+    return jr_put(out, "file_ending", jr_to_python(doc, "file_ending", ending));
 }
 
 /* Checks one label value (an integer or a non-empty list of integers) and counts its integers.
@@ -175,7 +165,7 @@ static int labels_class_order(const jr_doc *doc, const cJSON *order, Py_ssize_t 
 
     if (order == NULL || cJSON_IsNull(order)) {
         if (has_regions) return jr_fail(doc, "regions_class_order", kNoClassOrderError);
-        return labels_put(out, "regions_class_order", Py_NewRef(Py_None));
+        return jr_put(out, "regions_class_order", Py_NewRef(Py_None));
     }
     if (jr_expect(doc, "regions_class_order", order, cJSON_Array, "a list") < 0) return -1;
     for (const cJSON *c = order->child; c != NULL; c = c->next, i++) {
@@ -186,7 +176,7 @@ static int labels_class_order(const jr_doc *doc, const cJSON *order, Py_ssize_t 
     if (has_regions && n != n_regions) {
         return jr_fail(doc, "regions_class_order", kClassOrderLengthError, n_regions, n);
     }
-    return labels_put(out, "regions_class_order", jr_to_python(doc, "regions_class_order", order));
+    return jr_put(out, "regions_class_order", jr_to_python(doc, "regions_class_order", order));
 }
 
 int labels_resolve(const jr_doc *doc, int is_cascade_stage, Py_ssize_t *num_channels, PyObject *out)
@@ -244,17 +234,17 @@ int labels_resolve(const jr_doc *doc, int is_cascade_stage, Py_ssize_t *num_chan
     }
     if (labels_class_order(doc, jr_find(doc->root, "regions_class_order"), n_regions, has_regions,
                            out) < 0 ||
-        labels_put(out, "labels", jr_to_python(doc, "labels", labels)) < 0 ||
-        labels_put(out, "has_regions", PyBool_FromLong(has_regions)) < 0 ||
-        labels_put(out, "regions", has_regions ? Py_NewRef(regions) : Py_NewRef(Py_None)) < 0 ||
-        labels_put(out, "ignore_label", ignore != NULL && !cJSON_IsNull(ignore)
+        jr_put(out, "labels", jr_to_python(doc, "labels", labels)) < 0 ||
+        jr_put(out, "has_regions", PyBool_FromLong(has_regions)) < 0 ||
+        jr_put(out, "regions", has_regions ? Py_NewRef(regions) : Py_NewRef(Py_None)) < 0 ||
+        jr_put(out, "ignore_label", ignore != NULL && !cJSON_IsNull(ignore)
                                             ? PyLong_FromLongLong(ignore_value)
                                             : Py_NewRef(Py_None)) < 0 ||
-        labels_put(out, "all_labels", labels_int_list(all, n_all, 0)) < 0 ||
-        labels_put(out, "foreground_labels", labels_int_list(all, n_all, 1)) < 0 ||
-        labels_put(out, "num_input_channels",
+        jr_put(out, "all_labels", labels_int_list(all, n_all, 0)) < 0 ||
+        jr_put(out, "foreground_labels", labels_int_list(all, n_all, 1)) < 0 ||
+        jr_put(out, "num_input_channels",
                    PyLong_FromSsize_t(*num_channels + (is_cascade_stage ? n_foreground : 0))) < 0 ||
-        labels_put(out, "num_output_channels",
+        jr_put(out, "num_output_channels",
                    PyLong_FromSsize_t(has_regions ? n_regions : n_all)) < 0) {
         goto bail;
     }

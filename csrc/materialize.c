@@ -1,6 +1,6 @@
 /* Second phase of reading a checkpoint: turns the placeholders the unpickler left in ONE
  * requested top-level value into real objects. Only allowlisted reconstructions happen, each
- * implemented here or by the trusted factory of the Python layer; a non-allowlisted global
+ * implemented here, in tensor_rebuild.c or by the trusted factory of the Python layer; a non-allowlisted global
  * raises UnsafeCheckpointError with its key path. Tensors touch (and CRC-check) only their own
  * storages, so keys that are not requested cost nothing. */
 #include "nnunet_export.h"
@@ -8,7 +8,6 @@
 #include <string.h>
 
 #define MAT_MAX_DEPTH 200
-#define MAT_MAX_NDIM 64
 
 static const char kMatUnsafeError[] =
     "checkpoint '%U': %U needs global '%U', which is not in the allowlist; nothing from the file "
@@ -17,17 +16,33 @@ static const char kMatError[] = "checkpoint '%U': %U: %s";
 static const char kMatMisuseError[] =
     "checkpoint '%U': %U uses allowlisted global '%U' but %s, which torch.save never writes; "
     "nothing from the file was executed";
-static const char kMatStorageSizeError[] =
-    "checkpoint '%U': %U: storage entry '%s' holds %llu bytes but the pickle declares %llu";
+static const char kMatTorchRejectedError[] = "checkpoint '%U': %U: torch rejected the value (%U)";
+static const char kMatNewobjMisuse[] = "instantiates it with NEWOBJ";
+static const char kMatResultCallMisuse[] = "calls the object it returns";
+static const char kMatUnexpectedError[] = "nnunet_export: unexpected %R in unpickled data";
+/* Reasons (after the key path) */
+static const char kMatNpDtypeArgsError[] = "numpy.dtype arguments are not (code, align, copy)";
+static const char kMatNpDtypeCodeError[] =
+    "numpy.dtype code is not a plain numeric type (b1, i1-i8, u1-u8, f2-f8, c8, c16)";
+static const char kMatNpDtypeStateError[] = "numpy.dtype state is not (version, byteorder, ...)";
+static const char kMatNpByteorderError[] = "numpy.dtype byte order is not little-endian ('<', '|', '=')";
+static const char kMatNpScalarArgsError[] = "numpy scalar arguments are not (dtype, bytes)";
+static const char kMatNpScalarDtypeError[] = "numpy scalar dtype is not a numpy.dtype";
+static const char kMatNpScalarSizeError[] = "numpy scalar byte count does not match its dtype";
+static const char kMatCalleeError[] = "call of something that is not a global";
+static const char kMatParameterArgsError[] =
+    "_rebuild_parameter arguments are not (tensor, bool, hooks)";
+static const char kMatDeviceArgsError[] = "torch.device arguments are not (str[, int])";
+static const char kMatEncodeError[] = "_codecs.encode is accepted only as encode(str, 'latin1')";
+static const char kMatCallArgsError[] = "this allowlisted global cannot be called with these arguments";
+static const char kMatBareStorageError[] = "a bare storage (not inside a tensor) is not supported";
+static const char kMatGlobalValueError[] =
+    "an allowlisted global used as a plain value is not supported";
+static const char kMatBuildStateError[] = "OrderedDict BUILD state is not a dict";
+static const char kMatAttributeError[] = "OrderedDict attribute name is not allowed";
+static const char kMatDepthError[] = "nested deeper than 200 levels";
 
-/* Key path of the value being materialised, kept on the C stack; rendered only for messages. */
-typedef struct mat_path {
-    const struct mat_path *parent;
-    PyObject *key; /* borrowed */
-    int attribute; /* 1: rendered as .key, 0: as [repr(key)] (root: bare key) */
-} mat_path;
-
-static PyObject *mat_path_str(const mat_path *p)
+PyObject *mat_path_str(const mat_path *p)
 {
     if (p->parent == NULL) {
         return PyUnicode_FromFormat("%S", p->key);
@@ -42,7 +57,7 @@ static PyObject *mat_path_str(const mat_path *p)
     return s;
 }
 
-static PyObject *mat_fail(nx_mat_ctx *ctx, const mat_path *p, const char *why)
+PyObject *mat_fail(nx_mat_ctx *ctx, const mat_path *p, const char *why)
 {
     PyObject *where = mat_path_str(p);
     if (where != NULL) {
@@ -52,7 +67,7 @@ static PyObject *mat_fail(nx_mat_ctx *ctx, const mat_path *p, const char *why)
     return NULL;
 }
 
-static PyObject *mat_unsafe(nx_mat_ctx *ctx, const mat_path *p, PyObject *global_name)
+PyObject *mat_unsafe(nx_mat_ctx *ctx, const mat_path *p, PyObject *global_name)
 {
     PyObject *where = mat_path_str(p);
     if (where != NULL) {
@@ -62,16 +77,14 @@ static PyObject *mat_unsafe(nx_mat_ctx *ctx, const mat_path *p, PyObject *global
     return NULL;
 }
 
-static int mat_is_lazy(nx_mat_ctx *ctx, PyObject *obj, int kind)
+int mat_is_lazy(nx_mat_ctx *ctx, PyObject *obj, int kind)
 {
     return Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->lazy_type) && ((nx_lazy *)obj)->kind == kind;
 }
 
 static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p);
 
-/* Result of the trusted factory; torch rejecting values from the file (a bad device string...)
- * becomes a CheckpointError naming the key path instead of a bare RuntimeError. */
-static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *result)
+PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *result)
 {
     if (result != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
         return result;
@@ -80,251 +93,13 @@ static PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject
     msg = exc != NULL ? PyObject_Str(exc) : NULL;
     where = msg != NULL ? mat_path_str(p) : NULL;
     if (where != NULL) {
-        PyErr_Format(ctx->st->CheckpointError, "checkpoint '%U': %U: torch rejected the value (%U)",
+        PyErr_Format(ctx->st->CheckpointError, kMatTorchRejectedError,
                      ctx->path, where, msg);
     }
     Py_XDECREF(where);
     Py_XDECREF(msg);
     Py_XDECREF(exc);
     return NULL;
-}
-
-/* Exact int in [0, INT64_MAX]; returns 0 and sets *out, or -1 (no exception set). */
-static int mat_nonneg_int64(PyObject *obj, int64_t *out)
-{
-    int overflow = 0;
-    if (!PyLong_CheckExact(obj)) {
-        return -1;
-    }
-    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (overflow || v < 0 || (v == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return -1;
-    }
-    *out = (int64_t)v;
-    return 0;
-}
-
-/* Returns (dtype index, base tensor) for a storage persistent id, building it on first use:
- * checks the entry and wraps its bytes: the mapped bytes (zero copy), or the entry's place in
- * the copy plan's arena. nx_copy_plan_run fills the arena and checks CRC-32s before
- * read_checkpoint returns. */
-static PyObject *mat_storage(nx_mat_ctx *ctx, PyObject *persid, int tensor_dtype, const mat_path *p,
-                             int64_t *elements)
-{
-    nx_lazy *z = (nx_lazy *)persid;
-    PyObject *pid = z->args;
-    PyObject *cached = NULL, *array = NULL, *base = NULL, *record = NULL;
-    PyArray_Descr *descr = NULL;
-    int64_t numel = 0;
-    uint64_t nbytes = 0;
-
-    if (PyTuple_GET_SIZE(pid) != 5 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pid, 0)) ||
-        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(pid, 0), "storage") != 0 ||
-        !PyUnicode_CheckExact(PyTuple_GET_ITEM(pid, 2)) ||
-        !PyUnicode_CheckExact(PyTuple_GET_ITEM(pid, 3)) ||
-        mat_nonneg_int64(PyTuple_GET_ITEM(pid, 4), &numel) < 0) {
-        return mat_fail(ctx, p, "storage persistent id is not ('storage', type, key: str, "
-                                "location: str, numel: int >= 0)");
-    }
-    PyObject *type = PyTuple_GET_ITEM(pid, 1), *key = PyTuple_GET_ITEM(pid, 2);
-    if (!mat_is_lazy(ctx, type, NX_LAZY_GLOBAL)) {
-        return mat_fail(ctx, p, "storage type is not a global");
-    }
-    if (((nx_lazy *)type)->global_id != NX_G_STORAGE) {
-        return mat_unsafe(ctx, p, ((nx_lazy *)type)->name);
-    }
-    int storage_dtype = ((nx_lazy *)type)->sub;
-    int elsize = nx_dtypes[storage_dtype].elsize;
-    if (tensor_dtype < 0) {
-        tensor_dtype = storage_dtype;
-    } else if (storage_dtype != NX_DTYPE_UINT8 && storage_dtype != tensor_dtype) {
-        return mat_fail(ctx, p, "typed storage and tensor dtype disagree");
-    }
-    if (__builtin_mul_overflow((uint64_t)numel, (uint64_t)elsize, &nbytes)) {
-        return mat_fail(ctx, p, "storage size in bytes overflows 64 bits");
-    }
-    int tensor_elsize = nx_dtypes[tensor_dtype].elsize;
-    if (nbytes % (uint64_t)tensor_elsize != 0) {
-        return mat_fail(ctx, p, "storage size is not a multiple of the tensor element size");
-    }
-    *elements = (int64_t)(nbytes / (uint64_t)tensor_elsize);
-
-    cached = PyDict_GetItemWithError(ctx->storages, key); /* borrowed */
-    if (cached != NULL) {
-        if (PyLong_AsLong(PyTuple_GET_ITEM(cached, 0)) != tensor_dtype ||
-            PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(cached, 2)) != nbytes) {
-            return mat_fail(ctx, p, "storage is used with two different dtypes or sizes");
-        }
-        return Py_NewRef(PyTuple_GET_ITEM(cached, 1));
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_ssize_t key_len = 0;
-    const char *key_utf8 = PyUnicode_AsUTF8AndSize(key, &key_len);
-    if (key_utf8 == NULL) {
-        return NULL;
-    }
-    char entry_name[300];
-    if (key_len > 256) {
-        return mat_fail(ctx, p, "storage key longer than 256 bytes");
-    }
-    int n = snprintf(entry_name, sizeof entry_name, "data/%s", key_utf8);
-    nx_zip_entry *e = nx_zip_find(ctx->zip, entry_name, (size_t)n);
-    if (e == NULL || strlen(key_utf8) != (size_t)key_len) {
-        PyObject *where = mat_path_str(p);
-        if (where != NULL) {
-            PyErr_Format(ctx->st->CheckpointError,
-                         "checkpoint '%U': %U: storage '%s' (persistent id key %R) is missing "
-                         "from the archive", ctx->path, where, entry_name, key);
-            Py_DECREF(where);
-        }
-        return NULL;
-    }
-    if (e->size != nbytes) {
-        PyObject *where = mat_path_str(p);
-        if (where != NULL) {
-            PyErr_Format(ctx->st->CheckpointError, kMatStorageSizeError, ctx->path, where,
-                         entry_name, (unsigned long long)e->size, (unsigned long long)nbytes);
-            Py_DECREF(where);
-        }
-        return NULL;
-    }
-    /* CRC-32s are checked by the storage pass after materialisation, all threads at once. */
-    if (nx_zip_open_entry(ctx->st, ctx->map, e, 0) < 0) {
-        return NULL;
-    }
-    npy_intp dims[1] = {(npy_intp)nbytes};
-    uint8_t *data = ctx->map->base + e->data_offset;
-    PyObject *owner = (PyObject *)ctx->map;
-    if (ctx->pass != NULL) {
-        data = nx_copy_plan_add(ctx->st, ctx->pass, ctx->map, e);
-        if (data == NULL) {
-            return NULL;
-        }
-        if (ctx->pass->copy) {
-            owner = ctx->pass->arena;
-        }
-    }
-    descr = PyArray_DescrFromType(NPY_UINT8);
-    if (descr == NULL) {
-        return NULL;
-    }
-    /* No copy here: the array points into the mapping or the arena, which it keeps alive. */
-    array = PyArray_NewFromDescr(&PyArray_Type, descr, 1, dims, NULL, data,
-                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_WRITEABLE, NULL);
-    descr = NULL; /* stolen */
-    if (array == NULL) {
-        goto bail;
-    }
-    if (PyArray_SetBaseObject((PyArrayObject *)array, Py_NewRef(owner)) < 0) {
-        goto bail;
-    }
-    base = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOs", "storage", array,
-                                                            nx_dtypes[tensor_dtype].torch_name));
-    if (base == NULL) {
-        goto bail;
-    }
-    record = Py_BuildValue("(iOK)", tensor_dtype, base, (unsigned long long)nbytes);
-    if (record == NULL || PyDict_SetItem(ctx->storages, key, record) < 0) {
-        Py_CLEAR(base);
-    }
-bail:
-    Py_XDECREF(record);
-    Py_XDECREF(array);
-    return base;
-}
-
-/* _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata]) and
- * _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype[, metadata]). */
-static PyObject *mat_tensor(nx_mat_ctx *ctx, nx_lazy *call, int v3, const mat_path *p)
-{
-    PyObject *args = call->args;
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    Py_ssize_t fixed = v3 ? 7 : 6;
-    int64_t offset = 0, elements = 0, numel = 1, last = 0;
-    int tensor_dtype = -1;
-    PyObject *base = NULL, *result = NULL;
-
-    if (call->state != NULL) {
-        return mat_fail(ctx, p, "tensor rebuild with BUILD state is not supported");
-    }
-    if (nargs != fixed && nargs != fixed + 1) {
-        return mat_fail(ctx, p, "tensor rebuild has the wrong number of arguments");
-    }
-    PyObject *storage = PyTuple_GET_ITEM(args, 0), *size = PyTuple_GET_ITEM(args, 2),
-             *stride = PyTuple_GET_ITEM(args, 3), *requires_grad = PyTuple_GET_ITEM(args, 4),
-             *hooks = PyTuple_GET_ITEM(args, 5);
-    if (!mat_is_lazy(ctx, storage, NX_LAZY_PERSID)) {
-        return mat_fail(ctx, p, "tensor rebuild without a storage persistent id");
-    }
-    if (mat_nonneg_int64(PyTuple_GET_ITEM(args, 1), &offset) < 0) {
-        return mat_fail(ctx, p, "tensor storage offset is not an int in [0, 2**63)");
-    }
-    if (!PyTuple_CheckExact(size) || !PyTuple_CheckExact(stride) ||
-        PyTuple_GET_SIZE(size) != PyTuple_GET_SIZE(stride) || PyTuple_GET_SIZE(size) > MAT_MAX_NDIM) {
-        return mat_fail(ctx, p, "tensor size and stride are not tuples of equal length (<= 64)");
-    }
-    if (!PyBool_Check(requires_grad)) {
-        return mat_fail(ctx, p, "tensor requires_grad is not a bool");
-    }
-    /* torch.save writes an empty OrderedDict: hooks are never serialised with content. */
-    if (!(hooks == Py_None || (PyDict_Check(hooks) && PyDict_GET_SIZE(hooks) == 0 &&
-                               (PyDict_CheckExact(hooks) || Py_IS_TYPE(hooks, (PyTypeObject *)ctx->st->ordered_dict_type))))) {
-        return mat_fail(ctx, p, "tensor backward hooks must be empty");
-    }
-    if (v3) {
-        PyObject *dt = PyTuple_GET_ITEM(args, 6);
-        if (!mat_is_lazy(ctx, dt, NX_LAZY_GLOBAL)) {
-            return mat_fail(ctx, p, "tensor dtype is not a torch dtype global");
-        }
-        if (((nx_lazy *)dt)->global_id != NX_G_TORCH_DTYPE) {
-            return mat_unsafe(ctx, p, ((nx_lazy *)dt)->name);
-        }
-        tensor_dtype = ((nx_lazy *)dt)->sub;
-    }
-    if (nargs == fixed + 1) {
-        PyObject *meta = PyTuple_GET_ITEM(args, fixed);
-        if (!(meta == Py_None || (PyDict_CheckExact(meta) && PyDict_GET_SIZE(meta) == 0))) {
-            return mat_fail(ctx, p, "tensor metadata is not supported");
-        }
-    }
-    /* Bounds: every element the (size, stride, offset) view reaches must lie in the storage. */
-    Py_ssize_t ndim = PyTuple_GET_SIZE(size);
-    for (Py_ssize_t i = 0; i < ndim; i++) {
-        int64_t s = 0, st = 0, span = 0;
-        if (mat_nonneg_int64(PyTuple_GET_ITEM(size, i), &s) < 0 ||
-            mat_nonneg_int64(PyTuple_GET_ITEM(stride, i), &st) < 0) {
-            return mat_fail(ctx, p, "tensor size or stride is not an int in [0, 2**63)");
-        }
-        if (__builtin_mul_overflow(numel, s, &numel)) {
-            return mat_fail(ctx, p, "tensor element count overflows 64 bits");
-        }
-        if (s > 0 && (__builtin_mul_overflow(s - 1, st, &span) || __builtin_add_overflow(last, span, &last))) {
-            return mat_fail(ctx, p, "tensor extent overflows 64 bits");
-        }
-    }
-    base = mat_storage(ctx, storage, tensor_dtype, p, &elements);
-    if (base == NULL) {
-        return NULL;
-    }
-    if (numel == 0 ? offset > elements : (__builtin_add_overflow(last, offset, &last) || last >= elements)) {
-        PyObject *where = mat_path_str(p);
-        if (where != NULL) {
-            PyErr_Format(ctx->st->CheckpointError,
-                         "checkpoint '%U': %U: tensor (offset %lld, size %R, stride %R) reaches "
-                         "outside its storage of %lld elements", ctx->path, where,
-                         (long long)offset, size, stride, (long long)elements);
-            Py_DECREF(where);
-        }
-        goto bail;
-    }
-    result = mat_factory_result(ctx, p, PyObject_CallFunction(ctx->factory, "sOLOOO", "tensor", base,
-                                                              (long long)offset, size, stride, requires_grad));
-bail:
-    Py_XDECREF(base);
-    return result;
 }
 
 /* numpy.dtype(code, align, copy) + BUILD state: only plain little-endian numeric codes. */
@@ -336,7 +111,7 @@ static PyObject *mat_np_dtype(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     PyArray_Descr *descr = NULL;
     if (PyTuple_GET_SIZE(args) < 1 || PyTuple_GET_SIZE(args) > 3 ||
         !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0))) {
-        return mat_fail(ctx, p, "numpy.dtype arguments are not (code, align, copy)");
+        return mat_fail(ctx, p, kMatNpDtypeArgsError);
     }
     const char *code = NULL;
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
@@ -345,20 +120,19 @@ static PyObject *mat_np_dtype(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         }
     }
     if (code == NULL) {
-        return mat_fail(ctx, p, "numpy.dtype code is not a plain numeric type (b1, i1-i8, u1-u8, "
-                                "f2-f8, c8, c16)");
+        return mat_fail(ctx, p, kMatNpDtypeCodeError);
     }
     if (call->state != NULL && call->state != Py_None) {
         PyObject *st = call->state;
         if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) < 2 ||
             !PyUnicode_CheckExact(PyTuple_GET_ITEM(st, 1))) {
-            return mat_fail(ctx, p, "numpy.dtype state is not (version, byteorder, ...)");
+            return mat_fail(ctx, p, kMatNpDtypeStateError);
         }
         PyObject *order = PyTuple_GET_ITEM(st, 1);
         if (PyUnicode_CompareWithASCIIString(order, "<") != 0 &&
             PyUnicode_CompareWithASCIIString(order, "|") != 0 &&
             PyUnicode_CompareWithASCIIString(order, "=") != 0) {
-            return mat_fail(ctx, p, "numpy.dtype byte order is not little-endian ('<', '|', '=')");
+            return mat_fail(ctx, p, kMatNpByteorderError);
         }
     }
     PyObject *code_obj = PyUnicode_FromString(code); /* our constant, not the file's string */
@@ -376,19 +150,19 @@ static PyObject *mat_np_scalar(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p
     PyObject *args = call->args, *descr = NULL, *result = NULL;
     if (call->state != NULL || PyTuple_GET_SIZE(args) != 2 ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(args, 1))) {
-        return mat_fail(ctx, p, "numpy scalar arguments are not (dtype, bytes)");
+        return mat_fail(ctx, p, kMatNpScalarArgsError);
     }
     descr = mat_value(ctx, PyTuple_GET_ITEM(args, 0), p);
     if (descr == NULL) {
         return NULL;
     }
     if (!PyArray_DescrCheck(descr)) {
-        mat_fail(ctx, p, "numpy scalar dtype is not a numpy.dtype");
+        mat_fail(ctx, p, kMatNpScalarDtypeError);
         goto bail;
     }
     PyObject *raw = PyTuple_GET_ITEM(args, 1);
     if (PyBytes_GET_SIZE(raw) != PyDataType_ELSIZE((PyArray_Descr *)descr)) {
-        mat_fail(ctx, p, "numpy scalar byte count does not match its dtype");
+        mat_fail(ctx, p, kMatNpScalarSizeError);
         goto bail;
     }
     result = PyArray_Scalar(PyBytes_AS_STRING(raw), (PyArray_Descr *)descr, NULL);
@@ -405,7 +179,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         func = ((nx_lazy *)func)->func;
     }
     if (!mat_is_lazy(ctx, func, NX_LAZY_GLOBAL)) {
-        return mat_fail(ctx, p, "call of something that is not a global");
+        return mat_fail(ctx, p, kMatCalleeError);
     }
     nx_lazy *g = (nx_lazy *)func;
     if (g->global_id == NX_G_UNSAFE) {
@@ -416,7 +190,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         PyObject *where = mat_path_str(p);
         if (where != NULL) {
             PyErr_Format(ctx->st->UnsafeCheckpointError, kMatMisuseError, ctx->path, where, g->name,
-                         call->newobj ? "instantiates it with NEWOBJ" : "calls the object it returns");
+                         call->newobj ? kMatNewobjMisuse : kMatResultCallMisuse);
             Py_DECREF(where);
         }
         return NULL;
@@ -424,14 +198,14 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     PyObject *args = call->args;
     switch (g->global_id) {
     case NX_G_REBUILD_TENSOR_V2:
-        return mat_tensor(ctx, call, 0, p);
+        return trb_tensor(ctx, call, 0, p);
     case NX_G_REBUILD_TENSOR_V3:
-        return mat_tensor(ctx, call, 1, p);
+        return trb_tensor(ctx, call, 1, p);
     case NX_G_REBUILD_PARAMETER: {
         if (call->state != NULL || PyTuple_GET_SIZE(args) != 3 ||
             !PyBool_Check(PyTuple_GET_ITEM(args, 1)) ||
             !mat_is_lazy(ctx, PyTuple_GET_ITEM(args, 0), NX_LAZY_CALL)) {
-            return mat_fail(ctx, p, "_rebuild_parameter arguments are not (tensor, bool, hooks)");
+            return mat_fail(ctx, p, kMatParameterArgsError);
         }
         PyObject *tensor = mat_value(ctx, PyTuple_GET_ITEM(args, 0), p);
         if (tensor == NULL) {
@@ -446,7 +220,7 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
         Py_ssize_t n = PyTuple_GET_SIZE(args);
         if (call->state != NULL || n < 1 || n > 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) ||
             (n == 2 && !PyLong_CheckExact(PyTuple_GET_ITEM(args, 1)))) {
-            return mat_fail(ctx, p, "torch.device arguments are not (str[, int])");
+            return mat_fail(ctx, p, kMatDeviceArgsError);
         }
         return mat_factory_result(
             ctx, p, n == 1 ? PyObject_CallFunction(ctx->factory, "sO", "device", PyTuple_GET_ITEM(args, 0))
@@ -458,9 +232,9 @@ static PyObject *mat_call(nx_mat_ctx *ctx, nx_lazy *call, const mat_path *p)
     case NX_G_NP_SCALAR:
         return mat_np_scalar(ctx, call, p);
     case NX_G_CODECS_ENCODE:
-        return mat_fail(ctx, p, "_codecs.encode is accepted only as encode(str, 'latin1')");
+        return mat_fail(ctx, p, kMatEncodeError);
     default:
-        return mat_fail(ctx, p, "this allowlisted global cannot be called with these arguments");
+        return mat_fail(ctx, p, kMatCallArgsError);
     }
 }
 
@@ -470,7 +244,7 @@ static PyObject *mat_lazy(nx_mat_ctx *ctx, nx_lazy *z, const mat_path *p)
         return mat_call(ctx, z, p);
     }
     if (z->kind == NX_LAZY_PERSID) {
-        return mat_fail(ctx, p, "a bare storage (not inside a tensor) is not supported");
+        return mat_fail(ctx, p, kMatBareStorageError);
     }
     switch (z->global_id) {
     case NX_G_UNSAFE:
@@ -487,7 +261,7 @@ static PyObject *mat_lazy(nx_mat_ctx *ctx, nx_lazy *z, const mat_path *p)
         return cls;
     }
     default:
-        return mat_fail(ctx, p, "an allowlisted global used as a plain value is not supported");
+        return mat_fail(ctx, p, kMatGlobalValueError);
     }
 }
 
@@ -514,7 +288,7 @@ static int mat_apply_build_states(nx_mat_ctx *ctx, PyObject *orig, PyObject *mad
         PyObject *k, *v;
         Py_ssize_t pos = 0;
         if (!PyDict_CheckExact(state)) {
-            mat_fail(ctx, p, "OrderedDict BUILD state is not a dict");
+            mat_fail(ctx, p, kMatBuildStateError);
             goto bail;
         }
         while (PyDict_Next(state, &pos, &k, &v)) {
@@ -523,7 +297,7 @@ static int mat_apply_build_states(nx_mat_ctx *ctx, PyObject *orig, PyObject *mad
                 (PyUnicode_GET_LENGTH(k) >= 2 && PyUnicode_READ_CHAR(k, 0) == '_' &&
                  PyUnicode_READ_CHAR(k, 1) == '_') ||
                 PyObject_HasAttr((PyObject *)Py_TYPE(made), k)) {
-                mat_fail(ctx, p, "OrderedDict attribute name is not allowed");
+                mat_fail(ctx, p, kMatAttributeError);
                 goto bail;
             }
             mat_path sub = {p, k, 1};
@@ -542,119 +316,130 @@ bail:
     return rc;
 }
 
+/* Lists and tuples. A list is memoised before its items so self-references resolve to the new
+ * list; a tuple only once complete (it cannot contain itself and must never be seen half-filled). */
+static PyObject *mat_sequence(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    int is_list = PyList_CheckExact(obj);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+    PyObject *made = is_list ? PyList_New(n) : PyTuple_New(n);
+
+    if (made == NULL || (is_list && PyDict_SetItem(ctx->memo, id, made) < 0)) {
+        goto bail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL) {
+            goto bail;
+        }
+        mat_path sub = {p, index, 0};
+        PyObject *item = mat_value(ctx, PySequence_Fast_GET_ITEM(obj, i), &sub);
+        Py_DECREF(index);
+        if (item == NULL) {
+            goto bail;
+        }
+        if (is_list) {
+            PyList_SET_ITEM(made, i, item);
+        } else {
+            PyTuple_SET_ITEM(made, i, item);
+        }
+    }
+    if (!is_list && PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    return made;
+bail:
+    Py_XDECREF(made);
+    return NULL;
+}
+
+/* dicts and OrderedDicts (memoised before their items), with an OrderedDict's BUILD states. */
+static PyObject *mat_mapping(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    int ordered = !PyDict_CheckExact(obj);
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    PyObject *made = ordered ? PyObject_CallNoArgs(ctx->st->ordered_dict_type) : PyDict_New();
+
+    if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    /* PyDict_Next follows insertion order, which is the OrderedDict order here. */
+    while (PyDict_Next(obj, &pos, &k, &v)) {
+        Py_INCREF(k);
+        Py_INCREF(v);
+        mat_path sub = {p, k, 0};
+        PyObject *key = mat_value(ctx, k, &sub);
+        PyObject *value = key != NULL ? mat_value(ctx, v, &sub) : NULL;
+        int bad = value == NULL || PyObject_SetItem(made, key, value) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (bad) {
+            goto bail;
+        }
+    }
+    if (ordered && mat_apply_build_states(ctx, obj, made, p) < 0) {
+        goto bail;
+    }
+    return made;
+bail:
+    Py_XDECREF(made);
+    return NULL;
+}
+
+/* sets and frozensets, built as a set (memoised before their items). */
+static PyObject *mat_set(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
+{
+    PyObject *it = PyObject_GetIter(obj), *item = NULL;
+    PyObject *made = PySet_New(NULL);
+
+    if (it == NULL || made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
+        goto bail;
+    }
+    while ((item = PyIter_Next(it)) != NULL) {
+        mat_path sub = {p, item, 0};
+        PyObject *value = mat_value(ctx, item, &sub);
+        int bad = value == NULL || PySet_Add(made, value) < 0;
+        Py_XDECREF(value);
+        Py_DECREF(item);
+        if (bad) {
+            goto bail;
+        }
+    }
+    if (PyErr_Occurred()) {
+        goto bail;
+    }
+    Py_DECREF(it);
+    return made;
+bail:
+    Py_XDECREF(it);
+    Py_XDECREF(made);
+    return NULL;
+}
+
 static PyObject *mat_container(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p, PyObject *id)
 {
     PyObject *made = NULL;
-    if (PyList_CheckExact(obj)) {
-        Py_ssize_t n = PyList_GET_SIZE(obj);
-        made = PyList_New(n);
-        /* memoised before the items so self-references resolve to the new list */
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) {
-                goto fail;
-            }
-            mat_path sub = {p, index, 0};
-            PyObject *item = mat_value(ctx, PyList_GET_ITEM(obj, i), &sub);
-            Py_DECREF(index);
-            if (item == NULL) {
-                goto fail;
-            }
-            PyList_SET_ITEM(made, i, item);
-        }
-        return made;
-    }
-    if (PyTuple_CheckExact(obj)) {
-        Py_ssize_t n = PyTuple_GET_SIZE(obj);
-        made = PyTuple_New(n);
-        if (made == NULL) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) {
-                goto fail;
-            }
-            mat_path sub = {p, index, 0};
-            PyObject *item = mat_value(ctx, PyTuple_GET_ITEM(obj, i), &sub);
-            Py_DECREF(index);
-            if (item == NULL) {
-                goto fail;
-            }
-            PyTuple_SET_ITEM(made, i, item);
-        }
-        if (PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        return made;
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) {
+        return mat_sequence(ctx, obj, p, id);
     }
     if (PyDict_CheckExact(obj) || Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->ordered_dict_type)) {
-        int ordered = !PyDict_CheckExact(obj);
-        PyObject *k, *v;
-        Py_ssize_t pos = 0;
-        made = ordered ? PyObject_CallNoArgs(ctx->st->ordered_dict_type) : PyDict_New();
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        /* PyDict_Next follows insertion order, which is the OrderedDict order here. */
-        while (PyDict_Next(obj, &pos, &k, &v)) {
-            Py_INCREF(k);
-            Py_INCREF(v);
-            mat_path sub = {p, k, 0};
-            PyObject *key = mat_value(ctx, k, &sub);
-            PyObject *value = key != NULL ? mat_value(ctx, v, &sub) : NULL;
-            int bad = value == NULL || PyObject_SetItem(made, key, value) < 0;
-            Py_XDECREF(key);
-            Py_XDECREF(value);
-            Py_DECREF(k);
-            Py_DECREF(v);
-            if (bad) {
-                goto fail;
-            }
-        }
-        if (ordered && mat_apply_build_states(ctx, obj, made, p) < 0) {
-            goto fail;
-        }
-        return made;
+        return mat_mapping(ctx, obj, p, id);
     }
     if (PyAnySet_CheckExact(obj)) {
-        PyObject *it = PyObject_GetIter(obj), *item;
-        made = PySet_New(NULL);
-        if (it == NULL || made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            Py_XDECREF(it);
-            goto fail;
-        }
-        while ((item = PyIter_Next(it)) != NULL) {
-            mat_path sub = {p, item, 0};
-            PyObject *value = mat_value(ctx, item, &sub);
-            int bad = value == NULL || PySet_Add(made, value) < 0;
-            Py_XDECREF(value);
-            Py_DECREF(item);
-            if (bad) {
-                Py_DECREF(it);
-                goto fail;
-            }
-        }
-        Py_DECREF(it);
-        if (PyErr_Occurred()) {
-            goto fail;
-        }
-        return made;
+        return mat_set(ctx, obj, p, id);
     }
-    if (Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->lazy_type)) {
-        made = mat_lazy(ctx, (nx_lazy *)obj, p);
-        if (made == NULL || PyDict_SetItem(ctx->memo, id, made) < 0) {
-            goto fail;
-        }
-        return made;
+    if (!Py_IS_TYPE(obj, (PyTypeObject *)ctx->st->lazy_type)) {
+        PyErr_Format(PyExc_SystemError, kMatUnexpectedError, Py_TYPE(obj));
+        return NULL;
     }
-    PyErr_Format(PyExc_SystemError, "nnunet_export: unexpected %R in unpickled data", Py_TYPE(obj));
-fail:
-    Py_XDECREF(made);
-    return NULL;
+    made = mat_lazy(ctx, (nx_lazy *)obj, p);
+    if (made != NULL && PyDict_SetItem(ctx->memo, id, made) < 0) {
+        Py_CLEAR(made);
+    }
+    return made;
 }
 
 static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p)
@@ -678,7 +463,7 @@ static PyObject *mat_value(nx_mat_ctx *ctx, PyObject *obj, const mat_path *p)
         goto bail;
     }
     if (ctx->depth >= MAT_MAX_DEPTH) {
-        mat_fail(ctx, p, "nested deeper than 200 levels");
+        mat_fail(ctx, p, kMatDepthError);
         goto bail;
     }
     ctx->depth++;

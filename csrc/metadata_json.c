@@ -12,13 +12,13 @@
  * reads back within an epsilon, and integers beyond int range through a double, so its own
  * number printer may change a value by an ulp. Python's repr is the shortest exact text. */
 
-static const char kMetaDepth[] = "metadata nests deeper than %d levels at %U";
-static const char kMetaKey[] = "metadata key at %U must be a str, got %.100s";
-static const char kMetaType[] = "metadata value at %U has unsupported type %.100s "
+/* The path (e.g. metadata['classes'][2]) names the structure, so the messages need not. */
+static const char kMetaDepth[] = "value at %U nests deeper than %d levels";
+static const char kMetaKey[] = "key at %U must be a str, got %.100s";
+static const char kMetaType[] = "value at %U has unsupported type %.100s "
                                 "(allowed: dict, list, tuple, str, int, float, bool, None)";
-static const char kMetaFloat[] = "metadata value at %U is %R: JSON has no NaN or infinity";
-static const char kMetaInt[] = "metadata integer at %U is %R: outside the 64-bit range JSON "
-                               "readers accept";
+static const char kMetaFloat[] = "value at %U is %R: JSON has no NaN or infinity";
+static const char kMetaInt[] = "integer at %U is %R: outside the 64-bit range JSON readers accept";
 
 static cJSON *meta_from_object(PyObject *module, PyObject *obj, PyObject *path, int depth);
 
@@ -44,29 +44,29 @@ static cJSON *meta_from_dict(PyObject *module, PyObject *dict, PyObject *path, i
 
         if (!PyUnicode_Check(key)) {
             PyErr_Format(nx_get_state(module)->ExportError, kMetaKey, path, Py_TYPE(key)->tp_name);
-            goto error;
+            goto bail;
         }
         name = PyUnicode_AsUTF8(key);
         if (name == NULL) {
-            goto error;
+            goto bail;
         }
         child_path = meta_child_path(path, key);
         if (child_path == NULL) {
-            goto error;
+            goto bail;
         }
         item = meta_from_object(module, value, child_path, depth + 1);
         Py_CLEAR(child_path);
         if (item == NULL) {
-            goto error;
+            goto bail;
         }
         if (!cJSON_AddItemToObject(result, name, item)) {
             cJSON_Delete(item);
             PyErr_NoMemory();
-            goto error;
+            goto bail;
         }
     }
     return result;
-error:
+bail:
     Py_XDECREF(child_path);
     cJSON_Delete(result);
     return NULL;
@@ -87,26 +87,26 @@ static cJSON *meta_from_sequence(PyObject *module, PyObject *seq, PyObject *path
 
         index = PyLong_FromSsize_t(i);
         if (index == NULL) {
-            goto error;
+            goto bail;
         }
         child_path = meta_child_path(path, index);
         Py_CLEAR(index);
         if (child_path == NULL) {
-            goto error;
+            goto bail;
         }
         item = meta_from_object(module, PySequence_Fast_GET_ITEM(seq, i), child_path, depth + 1);
         Py_CLEAR(child_path);
         if (item == NULL) {
-            goto error;
+            goto bail;
         }
         if (!cJSON_AddItemToArray(result, item)) {
             cJSON_Delete(item);
             PyErr_NoMemory();
-            goto error;
+            goto bail;
         }
     }
     return result;
-error:
+bail:
     Py_XDECREF(index);
     Py_XDECREF(child_path);
     cJSON_Delete(result);
@@ -120,7 +120,7 @@ static cJSON *meta_from_object(PyObject *module, PyObject *obj, PyObject *path, 
     cJSON *result = NULL;
 
     if (depth > META_MAX_DEPTH) {
-        PyErr_Format(st->ExportError, kMetaDepth, META_MAX_DEPTH, path);
+        PyErr_Format(st->ExportError, kMetaDepth, path, META_MAX_DEPTH);
         return NULL;
     }
     if (obj == Py_None) {
@@ -185,6 +185,11 @@ static cJSON *meta_from_object(PyObject *module, PyObject *obj, PyObject *path, 
     return result;
 }
 
+cJSON *nx_python_to_cjson(PyObject *module, PyObject *obj, PyObject *root_path)
+{
+    return meta_from_object(module, obj, root_path, 0);
+}
+
 /* metadata_to_json(obj, indent=True) -> bytes */
 static PyObject *py_metadata_to_json(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -201,7 +206,7 @@ static PyObject *py_metadata_to_json(PyObject *module, PyObject *args, PyObject 
     if (root_path == NULL) {
         goto bail;
     }
-    tree = meta_from_object(module, obj, root_path, 0);
+    tree = nx_python_to_cjson(module, obj, root_path);
     if (tree == NULL) {
         goto bail;
     }

@@ -34,15 +34,33 @@ static int nx_exec(PyObject *module)
         nx_add_exception(module, &st->PlansError, "nnunet_export.PlansError",
                          "plans.json or dataset.json is missing, malformed or inconsistent.",
                          st->ExportError) < 0 ||
+        nx_add_exception(module, &st->UnsupportedArchitectureError,
+                         "nnunet_export.UnsupportedArchitectureError",
+                         "The plans name a network class, layer type or keyword this package does "
+                         "not build.\n\nRaised instead of importing whatever the plans name: "
+                         "plans.json comes from strangers, so only an explicit allowlist of torch "
+                         "classes is ever instantiated.",
+                         st->ExportError) < 0 ||
         nx_add_exception(module, &st->WeightsMismatchError, "nnunet_export.WeightsMismatchError",
                          "A state dict does not fit the network built from the plans.",
                          st->ExportError) < 0) {
+        return -1;
+    }
+    /* The unpickler and the materialiser compare and build OrderedDicts on every read. */
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return -1;
+    }
+    st->ordered_dict_type = PyObject_GetAttrString(collections, "OrderedDict");
+    Py_DECREF(collections);
+    if (st->ordered_dict_type == NULL) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", NX_VERSION) < 0) {
         return -1;
     }
     if (nx_add_checkpoint_functions(module) < 0 || nx_add_plans_functions(module) < 0 ||
+        nx_add_arch_functions(module) < 0 ||
         nx_add_thread_functions(module) < 0 || nx_add_metadata_functions(module) < 0) {
         return -1;
     }
@@ -56,6 +74,7 @@ static int nx_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->CheckpointError);
     Py_VISIT(st->UnsafeCheckpointError);
     Py_VISIT(st->PlansError);
+    Py_VISIT(st->UnsupportedArchitectureError);
     Py_VISIT(st->WeightsMismatchError);
     Py_VISIT(st->ordered_dict_type);
     Py_VISIT(st->mapping_type);
@@ -70,6 +89,7 @@ static int nx_clear(PyObject *module)
     Py_CLEAR(st->CheckpointError);
     Py_CLEAR(st->UnsafeCheckpointError);
     Py_CLEAR(st->PlansError);
+    Py_CLEAR(st->UnsupportedArchitectureError);
     Py_CLEAR(st->WeightsMismatchError);
     Py_CLEAR(st->ordered_dict_type);
     Py_CLEAR(st->mapping_type);

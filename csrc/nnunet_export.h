@@ -8,6 +8,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* One NumPy C-API table for all translation units; only module.c imports it. */
 #define PY_ARRAY_UNIQUE_SYMBOL nnunet_export_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
@@ -16,10 +19,19 @@
 #endif
 #include <numpy/arrayobject.h>
 
-#include <stddef.h>
-#include <stdint.h>
 
 #define NX_VERSION "0.1.0"
+
+/* Little-endian integers of the ZIP container and the pickle, read byte by byte (any alignment). */
+static inline uint16_t nx_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t nx_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t nx_le64(const uint8_t *p) { return nx_le32(p) | ((uint64_t)nx_le32(p + 4) << 32); }
+
+/* Number of elements of a C array (not a pointer). */
+#define NX_COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
 /* ---- JSON documents (json_read.c) for the plans reader ----
  * Each failing jr_* function sets doc->error with "<file>: <key path>: <reason>" and returns -1
@@ -27,9 +39,14 @@
 struct cJSON;
 #define JR_PATH_MAX 512
 
+/* Reasons shared by every JSON reader (the key path comes before them). */
+#define kTypeError "expected %s, found %s"
+#define kMissingError "missing required key"
+#define kLengthError "expected %zd entries (%s), found %zd"
+
 typedef struct {
     PyObject *error;                  /* borrowed: exception type raised on bad input */
-    const char *file;                 /* borrowed: file name shown in every message */
+    const char *file;                 /* borrowed: file name (or in-memory source) in messages */
     char *text;                       /* owned (PyMem): file contents, NUL-terminated */
     size_t size;                      /* bytes in text, without the NUL */
     struct cJSON *root;               /* owned: parsed tree */
@@ -38,10 +55,18 @@ typedef struct {
 } jr_doc;
 
 void jr_init(jr_doc *doc, PyObject *error, const char *file);
+/* Reads doc->file (jr_load) or copies `len` bytes of `data` (jr_load_buffer), then parses. */
 int jr_load(jr_doc *doc, size_t max_bytes);
+int jr_load_buffer(jr_doc *doc, const char *data, size_t len, size_t max_bytes);
 void jr_release(jr_doc *doc);
 int jr_fail(const jr_doc *doc, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like jr_fail, with exception `type` instead of doc->error. */
+int jr_fail_as(const jr_doc *doc, PyObject *type, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Describes a value for a message: numbers (16.0 when written so) and short strings verbatim,
+ * anything else by its type. */
+void jr_describe(const jr_doc *doc, const struct cJSON *item, char *buf, size_t n);
 void jr_path_key(char *buf, const char *parent, const char *key);
 void jr_path_index(char *buf, const char *parent, Py_ssize_t index);
 const char *jr_type_name(const struct cJSON *item);
@@ -54,6 +79,9 @@ int jr_as_int(const jr_doc *doc, const char *path, const struct cJSON *item, lon
               long long max, long long *out);
 int jr_as_string(const jr_doc *doc, const char *path, const struct cJSON *item, const char **out);
 Py_ssize_t jr_array_size(const struct cJSON *array);
+/* Sets out[key] = value and drops the reference to value (NULL: an exception is already set).
+ * Returns 0, or -1. */
+int jr_put(PyObject *out, const char *key, PyObject *value);
 PyObject *jr_string_to_python(const jr_doc *doc, const char *path, const char *s);
 PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *item);
 
@@ -62,6 +90,29 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *
 typedef struct plans_config plans_config; /* resolved configuration, defined in plans.c */
 const struct cJSON *plans_config_get(const plans_config *cfg, const char *key, char *path);
 int arch_resolve(const jr_doc *plans, const plans_config *cfg, Py_ssize_t ndim, PyObject *out);
+
+/* Where arch_kwargs being checked live (arch_kwargs.c): a plans file's architecture block, the
+ * old plans keys they were converted from, or a document handed to check_arch_kwargs. */
+typedef struct {
+    const jr_doc *doc;        /* borrowed */
+    const plans_config *cfg;  /* borrowed; NULL outside a plans file */
+    const char *kwargs_path;  /* borrowed: key path of arch_kwargs ("" for a bare document) */
+    const char *axes_why;     /* borrowed: why a kernel size has ndim entries, for messages */
+    PyObject *unsupported;    /* borrowed: UnsupportedArchitectureError */
+    int converted;            /* 1 when arch_kwargs was built from old plans keys */
+} arch_ctx;
+
+/* Checks arch_kwargs of PlainConvUNet / ResidualEncoderUNet (`class_name`, dotted or bare)
+ * against what their constructors assert; other classes pass. Returns 0, or -1 with PlansError. */
+int arch_check_structure(const arch_ctx *ctx, const char *class_name, const struct cJSON *kwargs,
+                         Py_ssize_t ndim);
+/* Key path of kwarg `name` (its old plans key when converted) into `path` (JR_PATH_MAX). */
+void arch_kw_path(const arch_ctx *ctx, const char *name, char *path);
+int nx_add_arch_functions(PyObject *module);
+
+/* Python value (dict/list/tuple/str/int/float/bool/None) as a cJSON tree (metadata_json.c);
+ * messages name `root_path`. NULL with ExportError / MemoryError set. */
+struct cJSON *nx_python_to_cjson(PyObject *module, PyObject *obj, PyObject *root_path);
 int labels_resolve(const jr_doc *dataset, int is_cascade_stage, Py_ssize_t *num_channels,
                    PyObject *out);
 
@@ -70,8 +121,9 @@ typedef struct {
     PyObject *CheckpointError;       /* unreadable or malformed checkpoint file */
     PyObject *UnsafeCheckpointError; /* checkpoint asks for a global outside the allowlist */
     PyObject *PlansError;            /* plans.json / dataset.json problems */
+    PyObject *UnsupportedArchitectureError; /* network class, op or keyword not built here */
     PyObject *WeightsMismatchError;  /* state dict does not fit the network */
-    /* checkpoint reader state (owned references, may be NULL until first use) */
+    /* checkpoint reader state (owned references, set at module init) */
     PyObject *ordered_dict_type;     /* collections.OrderedDict */
     PyObject *mapping_type;          /* nnunet_export._core._Mapping (heap type, set at init) */
     PyObject *lazy_type;             /* nnunet_export._core._Lazy (heap type, set at init) */
@@ -90,8 +142,12 @@ int nx_add_plans_functions(PyObject *module);
 int nx_add_thread_functions(PyObject *module);
 int nx_add_metadata_functions(PyObject *module);
 
+/* torch's intra-op thread count: through the stable C ABI when bound (threads.c), else
+ * torch.get_num_threads(). Returns -1 with an exception set on failure. */
+long nx_torch_num_threads(void);
+
 /* ---- checkpoint reader (mapping.c, zip_container.c, crc32.c, pickle_globals.c, unpickler.c,
- *      materialize.c, checkpoint.c) ----
+ *      unpickler_objects.c, materialize.c, tensor_rebuild.c, checkpoint.c) ----
  * Ownership: an nx_mapping owns its private file mapping; every NumPy array and tensor over file
  * bytes holds a reference to it. nx_zip entries point INTO the mapping (borrowed, no copies). */
 
@@ -190,7 +246,7 @@ typedef enum {
     NX_G_DEVICE,
     NX_G_NP_SCALAR,
     NX_G_NP_DTYPE,
-    NX_G_NP_DTYPE_CLASS,  /* numpy.dtypes.Float64DType ...; name kept in nx_lazy.name */
+    NX_G_NP_DTYPE_CLASS,  /* numpy.dtypes.Float64DType ...; sub = index in nx_np_dtype_classes */
     NX_G_CODECS_ENCODE,
 } nx_global_id;
 
@@ -201,7 +257,7 @@ typedef struct {
     PyObject_HEAD
     int kind;          /* nx_lazy_kind */
     int global_id;     /* nx_global_id, for NX_LAZY_GLOBAL */
-    int sub;           /* dtype index for storage / dtype globals */
+    int sub;           /* dtype index (storage / dtype globals), numpy.dtypes class index */
     int newobj;        /* CALL came from NEWOBJ rather than REDUCE */
     PyObject *name;    /* owned str "module.qualname" (GLOBAL) */
     PyObject *func;    /* owned: callee (CALL) */
@@ -217,15 +273,54 @@ typedef struct {
 
 extern const nx_dtype_info nx_dtypes[];
 extern const int nx_dtype_count;
-#define NX_DTYPE_UINT8 8
+#define NX_DTYPE_UINT8 8 /* index of uint8 in nx_dtypes (UntypedStorage elements) */
 extern const char *const nx_np_dtype_classes[]; /* attribute names in numpy.dtypes */
-extern const int nx_np_dtype_class_count; /* index of uint8 in nx_dtypes (UntypedStorage elements) */
+extern const int nx_np_dtype_class_count;
 
 int nx_lazy_add_type(PyObject *module);
 /* New placeholder of `kind` with no fields set (NULL with an exception on failure). */
 nx_lazy *nx_lazy_new(nx_state *st, int kind);
 /* nx_global_id of "module.name" (NX_G_UNSAFE when not allowlisted); *sub = dtype/class index. */
 int nx_classify_global(const char *module, const char *name, int *sub);
+
+/* ---- pickle VM internals (unpickler.c, unpickler_objects.c) ---- */
+typedef struct {
+    nx_state *st;
+    PyObject *path;         /* borrowed str: checkpoint path, for messages */
+    const char *entry;      /* borrowed: name of the pickle entry, for messages */
+    const uint8_t *data;    /* borrowed: the pickle bytes */
+    uint64_t len;
+    uint64_t pos;           /* next byte */
+    uint64_t op_at;         /* offset of the current opcode */
+    const char *op;         /* current opcode name */
+    PyObject **stack;       /* owned (PyMem) array of owned references */
+    size_t sp, stack_cap;
+    size_t *marks;          /* owned (PyMem): stack heights at each MARK */
+    size_t nmarks, marks_cap;
+    PyObject **memo;        /* owned (PyMem) array of owned references or NULL */
+    size_t memo_cap;
+    PyObject *build_states; /* owned dict {id(OrderedDict): [obj, state, ...]} */
+    PyObject *ordered_dict; /* borrowed type */
+} upk_vm;
+
+/* Every opcode family returns 1 at STOP, 0 to continue, -1 on error, and UPK_NOT_MINE when `op`
+ * is not one of its opcodes. */
+#define UPK_NOT_MINE 2
+
+/* Raises CheckpointError naming the path, entry, opcode offset and name, and `why`; returns -1. */
+int upk_fail(upk_vm *vm, const char *why);
+/* Like upk_fail with `what`, replacing the pending Python exception and quoting its text. */
+int upk_fail_from_python(upk_vm *vm, const char *what);
+/* Consumes the next `n` bytes; NULL with CheckpointError when the pickle ends first. */
+const uint8_t *upk_read(upk_vm *vm, uint64_t n);
+/* Pushes `obj` (stolen, also on failure; NULL means an exception is set). Returns 0, or -1. */
+int upk_push(upk_vm *vm, PyObject *obj);
+/* Pops (new reference) or peeks at (borrowed) the top item above the last MARK; NULL with
+ * CheckpointError on underflow. */
+PyObject *upk_pop(upk_vm *vm);
+PyObject *upk_top(upk_vm *vm);
+/* GLOBAL, REDUCE, NEWOBJ, BUILD, BINPERSID (unpickler_objects.c): an opcode family as above. */
+int upo_load_object(upk_vm *vm, uint8_t op);
 
 /* Runs the protocol-2 pickle `data` (entry `entry` of checkpoint `path`). Returns the top object
  * with nx_lazy placeholders inside, and in *build_states a new dict {id(OrderedDict): [obj,
@@ -262,12 +357,35 @@ typedef struct {
     PyObject *path;        /* borrowed str */
     PyObject *factory;     /* borrowed trusted callable from the Python layer */
     PyObject *build_states;/* borrowed dict from nx_unpickle */
-    PyObject *memo;        /* owned dict id(placeholder object) -> materialised object */
-    PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor) */
+    PyObject *memo;        /* owned dict id(unpickled object) -> materialised object */
+    PyObject *storages;    /* owned dict storage key -> (dtype index, base tensor, nbytes) */
     nx_copy_plan *pass;    /* borrowed; NULL: neither copy nor CRC check. With copy, storages
                             * leave the mapping (they survive in-place file rewrites) */
-    int depth;
+    int depth;             /* containers being materialised, at most 200 */
 } nx_mat_ctx;
+
+/* ---- materialiser internals (materialize.c, tensor_rebuild.c) ---- */
+/* Key path of the value being materialised, kept on the C stack; rendered only for messages. */
+typedef struct mat_path {
+    const struct mat_path *parent; /* borrowed; NULL at the top-level key */
+    PyObject *key;                 /* borrowed */
+    int attribute;                 /* 1: rendered as .key, 0: as [repr(key)] (root: bare key) */
+} mat_path;
+
+/* The key path as text, e.g. "network_weights['conv.weight']". New reference or NULL. */
+PyObject *mat_path_str(const mat_path *p);
+/* Raises CheckpointError "checkpoint '<path>': <key path>: <why>"; returns NULL. */
+PyObject *mat_fail(nx_mat_ctx *ctx, const mat_path *p, const char *why);
+/* Raises UnsafeCheckpointError: the key path needs the non-allowlisted `global_name`; NULL. */
+PyObject *mat_unsafe(nx_mat_ctx *ctx, const mat_path *p, PyObject *global_name);
+/* 1 when `obj` is an nx_lazy placeholder of `kind`, else 0. */
+int mat_is_lazy(nx_mat_ctx *ctx, PyObject *obj, int kind);
+/* Passes on `result` of the trusted factory; torch rejecting values from the file (a bad device
+ * string...) becomes a CheckpointError naming the key path instead of a bare RuntimeError. */
+PyObject *mat_factory_result(nx_mat_ctx *ctx, const mat_path *p, PyObject *result);
+/* Tensor of a _rebuild_tensor_v2 (v3 == 0) or _v3 call over its checked storage
+ * (tensor_rebuild.c). New reference, or NULL with CheckpointError / UnsafeCheckpointError. */
+PyObject *trb_tensor(nx_mat_ctx *ctx, nx_lazy *call, int v3, const mat_path *p);
 
 /* Turns `obj` (top-level value of key `key`) into real objects. New reference or NULL. */
 PyObject *nx_materialize(nx_mat_ctx *ctx, PyObject *key, PyObject *obj);

@@ -1,5 +1,5 @@
-/* The plans reader: `_core.read_plans(plans_path, dataset_path, configuration)` reads nnU-Net's
- * plans.json and dataset.json and returns one dict describing the resolved configuration, the
+/* The plans reader: `_core.read_plans(plans, dataset, configuration)` reads nnU-Net's
+ * plans.json and dataset.json (each a path or an in-memory JSON document) and returns one dict describing the resolved configuration, the
  * way nnU-Net's PlansManager / ConfigurationManager / LabelManager interpret them.
  *
  * This file resolves the configuration (inherits_from) and reads the plans-level and
@@ -15,6 +15,8 @@
 #define PLANS_MAX_FILE_BYTES (64u * 1024u * 1024u)
 #define PLANS_MAX_PATCH_EDGE 2147483647LL
 
+#define kPlansDefaultSource "plans.json (in memory)"
+#define kDatasetDefaultSource "dataset.json (in memory)"
 #define kRootNotObjectError "expected an object at the top level, found %s"
 #define kNoConfigurationsError "no configurations in the plans"
 #define kUnknownConfigError "unknown configuration \"%s\"; available: %s"
@@ -22,9 +24,6 @@
 #define kCycleError "inheritance cycle: %s"
 #define kUnknownStageError "names configuration \"%s\", which is not in the plans; available: %s"
 #define kDimensionError "expected 2 or 3 entries (a 2d or 3d patch), found %zd"
-#define kLengthError "expected %zd entries (%s), found %zd"
-#define kTypeError "expected %s, found %s"
-#define kMissingError "missing required key"
 #define kPositiveError "expected a positive finite number"
 #define kPermutationError "expected a permutation of 0..%zd"
 #define kNotInverseError "is not the inverse permutation of transpose_forward"
@@ -128,16 +127,6 @@ static int plans_resolve_chain(const jr_doc *doc, const cJSON *configurations, p
     return 0;
 }
 
-/* Sets out[key] = value and drops the reference to value. Returns 0, or -1. */
-static int plans_put(PyObject *out, const char *key, PyObject *value)
-{
-    int rc;
-    if (value == NULL) return -1;
-    rc = PyDict_SetItemString(out, key, value);
-    Py_DECREF(value);
-    return rc;
-}
-
 /* Configuration value `key` converted as-is (after type checks by the caller) into out[key]. */
 static int plans_copy(const plans_config *cfg, const char *key, int required, PyObject *out)
 {
@@ -145,9 +134,9 @@ static int plans_copy(const plans_config *cfg, const char *key, int required, Py
     const cJSON *item = plans_config_get(cfg, key, path);
     if (item == NULL) {
         if (required) return jr_fail(cfg->doc, path, kMissingError);
-        return plans_put(out, key, Py_NewRef(Py_None));
+        return jr_put(out, key, Py_NewRef(Py_None));
     }
-    return plans_put(out, key, jr_to_python(cfg->doc, path, item));
+    return jr_put(out, key, jr_to_python(cfg->doc, path, item));
 }
 
 /* Reads a list of exactly `want` entries (any length when want < 0) of one JSON type. */
@@ -189,7 +178,7 @@ static int plans_geometry(const plans_config *cfg, Py_ssize_t *ndim, PyObject *o
         jr_path_index(child, path, i);
         if (jr_as_int(cfg->doc, child, c, 1, PLANS_MAX_PATCH_EDGE, &edge) < 0) return -1;
     }
-    if (plans_put(out, "patch_size", jr_to_python(cfg->doc, path, patch)) < 0) return -1;
+    if (jr_put(out, "patch_size", jr_to_python(cfg->doc, path, patch)) < 0) return -1;
 
     spacing = plans_config_get(cfg, "spacing", path);
     if (spacing == NULL) return jr_fail(cfg->doc, path, kMissingError);
@@ -204,8 +193,8 @@ static int plans_geometry(const plans_config *cfg, Py_ssize_t *ndim, PyObject *o
             return jr_fail(cfg->doc, child, kPositiveError);
         }
     }
-    if (plans_put(out, "spacing", jr_to_python(cfg->doc, path, spacing)) < 0) return -1;
-    return plans_put(out, "num_dimensions", PyLong_FromSsize_t(*ndim));
+    if (jr_put(out, "spacing", jr_to_python(cfg->doc, path, spacing)) < 0) return -1;
+    return jr_put(out, "num_dimensions", PyLong_FromSsize_t(*ndim));
 }
 
 /* transpose_forward/backward: permutations of the three image axes, each the other's inverse. */
@@ -229,7 +218,7 @@ static int plans_transpose(const jr_doc *doc, const cJSON *root, PyObject *out)
             if (jr_as_int(doc, child, c, 0, 2, &perm[k][i]) < 0) return -1;
             if (seen[perm[k][i]]++) return jr_fail(doc, keys[k], kPermutationError, (Py_ssize_t)2);
         }
-        if (plans_put(out, keys[k], jr_to_python(doc, keys[k], item)) < 0) return -1;
+        if (jr_put(out, keys[k], jr_to_python(doc, keys[k], item)) < 0) return -1;
     }
     for (int i = 0; i < 3; i++) {
         if (perm[1][perm[0][i]] != i) return jr_fail(doc, keys[1], kNotInverseError);
@@ -263,19 +252,19 @@ static int plans_stages(const plans_config *cfg, const cJSON *configurations, in
 
     *is_cascade = previous != NULL && !cJSON_IsNull(previous);
     if (*is_cascade && plans_check_stage(cfg->doc, configurations, path, previous) < 0) return -1;
-    if (plans_put(out, "previous_stage",
+    if (jr_put(out, "previous_stage",
                   *is_cascade ? jr_to_python(cfg->doc, path, previous) : Py_NewRef(Py_None)) < 0) {
         return -1;
     }
     next = plans_config_get(cfg, "next_stage", path);
-    if (next == NULL || cJSON_IsNull(next)) return plans_put(out, "next_stage", Py_NewRef(Py_None));
+    if (next == NULL || cJSON_IsNull(next)) return jr_put(out, "next_stage", Py_NewRef(Py_None));
     if (cJSON_IsString(next)) {
         if (plans_check_stage(cfg->doc, configurations, path, next) < 0) return -1;
         list = PyList_New(0);
         name = jr_to_python(cfg->doc, path, next);
         if (list == NULL || name == NULL || PyList_Append(list, name) < 0) goto bail;
         Py_CLEAR(name);
-        return plans_put(out, "next_stage", list);
+        return jr_put(out, "next_stage", list);
     }
     if (jr_expect(cfg->doc, path, next, cJSON_Array, "a string, a list of strings or null") < 0) {
         return -1;
@@ -284,7 +273,7 @@ static int plans_stages(const plans_config *cfg, const cJSON *configurations, in
         jr_path_index(child, path, i);
         if (plans_check_stage(cfg->doc, configurations, child, c) < 0) return -1;
     }
-    return plans_put(out, "next_stage", jr_to_python(cfg->doc, path, next));
+    return jr_put(out, "next_stage", jr_to_python(cfg->doc, path, next));
 bail:
     Py_XDECREF(list);
     Py_XDECREF(name);
@@ -303,7 +292,7 @@ static int plans_normalization(const plans_config *cfg, Py_ssize_t channels, con
     if (*schemes == NULL) return jr_fail(cfg->doc, path, kMissingError);
     if (plans_typed_list(cfg->doc, path, *schemes, cJSON_String, "a string", channels,
                          "one per channel in dataset.json") < 0 ||
-        plans_put(out, "normalization_schemes", jr_to_python(cfg->doc, path, *schemes)) < 0) {
+        jr_put(out, "normalization_schemes", jr_to_python(cfg->doc, path, *schemes)) < 0) {
         return -1;
     }
     masks = plans_config_get(cfg, "use_mask_for_norm", path);
@@ -312,7 +301,7 @@ static int plans_normalization(const plans_config *cfg, Py_ssize_t channels, con
                          "one per channel in dataset.json") < 0) {
         return -1;
     }
-    return plans_put(out, "use_mask_for_norm", jr_to_python(cfg->doc, path, masks));
+    return jr_put(out, "use_mask_for_norm", jr_to_python(cfg->doc, path, masks));
 }
 
 /* foreground_intensity_properties_per_channel (legacy: ..._by_modality, as PlansManager falls
@@ -354,7 +343,7 @@ static int plans_intensity(const jr_doc *doc, const cJSON *root, const cJSON *sc
             }
         }
     }
-    return plans_put(out, "foreground_intensity_properties_per_channel",
+    return jr_put(out, "foreground_intensity_properties_per_channel",
                      jr_to_python(doc, key, props));
 }
 
@@ -367,7 +356,7 @@ static int plans_top_level(const jr_doc *doc, const cJSON *root, PyObject *out)
     for (int k = 0; k < 2; k++) {
         if (jr_require(doc, "", root, keys[k], &item) < 0 ||
             jr_expect(doc, keys[k], item, cJSON_String, "a string") < 0 ||
-            plans_put(out, keys[k], jr_to_python(doc, keys[k], item)) < 0) {
+            jr_put(out, keys[k], jr_to_python(doc, keys[k], item)) < 0) {
             return -1;
         }
     }
@@ -382,32 +371,98 @@ static int plans_top_level(const jr_doc *doc, const cJSON *root, PyObject *out)
     return 0;
 }
 
-static PyObject *py_read_plans(PyObject *self, PyObject *args, PyObject *kwargs)
+/* Loads `arg` into `doc`: a bytes-like object is the JSON document itself and messages name
+ * `source` (default_source when NULL); anything else is a path (str or os.PathLike), kept alive
+ * in *keep (owned by the caller), whose name the messages show. Returns 0, or -1 with PlansError
+ * (or TypeError for an argument of neither kind) set. */
+static int plans_load_doc(jr_doc *doc, PyObject *error, PyObject *arg, const char *source,
+                          const char *default_source, PyObject **keep)
 {
-    static char *kwlist[] = {"plans_path", "dataset_path", "configuration", NULL};
-    nx_state *st = nx_get_state(self);
-    PyObject *plans_path = NULL, *dataset_path = NULL, *out = NULL, *result = NULL;
-    const char *configuration = NULL;
-    const cJSON *configurations = NULL, *schemes = NULL;
-    jr_doc plans, dataset;
+    Py_buffer view;
+    int rc;
+
+    if (PyObject_CheckBuffer(arg)) {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return -1;
+        jr_init(doc, error, source != NULL ? source : default_source);
+        rc = jr_load_buffer(doc, view.buf, (size_t)view.len, PLANS_MAX_FILE_BYTES);
+        PyBuffer_Release(&view);
+        return rc;
+    }
+    if (!PyUnicode_FSConverter(arg, keep)) return -1;
+    jr_init(doc, error, PyBytes_AS_STRING(*keep));
+    return jr_load(doc, PLANS_MAX_FILE_BYTES);
+}
+
+/* Loads plans.json (`arg`, see plans_load_doc) and finds its top-level object and its
+ * configurations object. Returns 0, or -1 with an exception set. */
+static int plans_load_plans(jr_doc *plans, PyObject *error, PyObject *arg, const char *source,
+                            PyObject **keep, const cJSON **configurations)
+{
+    if (plans_load_doc(plans, error, arg, source, kPlansDefaultSource, keep) < 0) return -1;
+    if (!cJSON_IsObject(plans->root)) {
+        return jr_fail(plans, "", kRootNotObjectError, jr_type_name(plans->root));
+    }
+    if (jr_require(plans, "", plans->root, "configurations", configurations) < 0 ||
+        jr_expect(plans, "configurations", *configurations, cJSON_Object, "an object") < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills `out` with the resolved configuration `configuration` of the loaded documents. */
+static int plans_resolve(const jr_doc *plans, const jr_doc *dataset, const cJSON *configurations,
+                         const char *configuration, PyObject *out)
+{
+    const cJSON *schemes = NULL;
     plans_config cfg = {0};
     Py_ssize_t ndim = 0, channels = 0;
-    int is_cascade = 0;
+    int is_cascade = 0, rc = -1;
+
+    cfg.doc = plans;
+    cfg.requested = configuration;
+    if (plans_top_level(plans, plans->root, out) < 0 ||
+        plans_resolve_chain(plans, configurations, &cfg) < 0) {
+        goto bail;
+    }
+    if (jr_put(out, "configuration", PyUnicode_FromString(configuration)) < 0 ||
+        plans_geometry(&cfg, &ndim, out) < 0 || plans_transpose(plans, plans->root, out) < 0 ||
+        plans_stages(&cfg, configurations, &is_cascade, out) < 0 ||
+        labels_resolve(dataset, is_cascade, &channels, out) < 0 ||
+        plans_normalization(&cfg, channels, &schemes, out) < 0 ||
+        plans_intensity(plans, plans->root, schemes, out) < 0 ||
+        plans_copy(&cfg, "batch_size", 0, out) < 0 ||
+        arch_resolve(plans, &cfg, ndim, out) < 0) {
+        goto bail;
+    }
+    rc = 0;
+bail:
+    PyMem_Free(cfg.names);
+    PyMem_Free(cfg.objects);
+    return rc;
+}
+
+static PyObject *py_read_plans(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"plans", "dataset", "configuration", "plans_source",
+                             "dataset_source", NULL};
+    nx_state *st = nx_get_state(self);
+    PyObject *plans_arg = NULL, *dataset_arg = NULL, *plans_path = NULL, *dataset_path = NULL;
+    PyObject *out = NULL, *result = NULL;
+    const char *configuration = NULL, *plans_source = NULL, *dataset_source = NULL;
+    const cJSON *configurations = NULL;
+    jr_doc plans, dataset;
 
     jr_init(&plans, st->PlansError, "");
     jr_init(&dataset, st->PlansError, "");
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&s:read_plans", kwlist,
-                                     PyUnicode_FSConverter, &plans_path, PyUnicode_FSConverter,
-                                     &dataset_path, &configuration)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|$zz:read_plans", kwlist, &plans_arg,
+                                     &dataset_arg, &configuration, &plans_source,
+                                     &dataset_source)) {
         goto bail;
     }
-    jr_init(&plans, st->PlansError, PyBytes_AS_STRING(plans_path));
-    jr_init(&dataset, st->PlansError, PyBytes_AS_STRING(dataset_path));
-    if (jr_load(&plans, PLANS_MAX_FILE_BYTES) < 0 || jr_load(&dataset, PLANS_MAX_FILE_BYTES) < 0) {
-        goto bail;
-    }
-    if (!cJSON_IsObject(plans.root)) {
-        jr_fail(&plans, "", kRootNotObjectError, jr_type_name(plans.root));
+    if (plans_load_plans(&plans, st->PlansError, plans_arg, plans_source, &plans_path,
+                         &configurations) < 0 ||
+        plans_load_doc(&dataset, st->PlansError, dataset_arg, dataset_source,
+                       kDatasetDefaultSource, &dataset_path) < 0) {
         goto bail;
     }
     if (!cJSON_IsObject(dataset.root)) {
@@ -415,29 +470,12 @@ static PyObject *py_read_plans(PyObject *self, PyObject *args, PyObject *kwargs)
         goto bail;
     }
     out = PyDict_New();
-    if (out == NULL || plans_top_level(&plans, plans.root, out) < 0) goto bail;
-    if (jr_require(&plans, "", plans.root, "configurations", &configurations) < 0 ||
-        jr_expect(&plans, "configurations", configurations, cJSON_Object, "an object") < 0) {
-        goto bail;
-    }
-    cfg.doc = &plans;
-    cfg.requested = configuration;
-    if (plans_resolve_chain(&plans, configurations, &cfg) < 0) goto bail;
-    if (plans_put(out, "configuration", PyUnicode_FromString(configuration)) < 0 ||
-        plans_geometry(&cfg, &ndim, out) < 0 || plans_transpose(&plans, plans.root, out) < 0 ||
-        plans_stages(&cfg, configurations, &is_cascade, out) < 0 ||
-        labels_resolve(&dataset, is_cascade, &channels, out) < 0 ||
-        plans_normalization(&cfg, channels, &schemes, out) < 0 ||
-        plans_intensity(&plans, plans.root, schemes, out) < 0 ||
-        plans_copy(&cfg, "batch_size", 0, out) < 0 ||
-        arch_resolve(&plans, &cfg, ndim, out) < 0) {
+    if (out == NULL || plans_resolve(&plans, &dataset, configurations, configuration, out) < 0) {
         goto bail;
     }
     result = out;
     out = NULL;
 bail:
-    PyMem_Free(cfg.names);
-    PyMem_Free(cfg.objects);
     jr_release(&plans);
     jr_release(&dataset);
     Py_XDECREF(plans_path);
@@ -446,23 +484,20 @@ bail:
     return result;
 }
 
-static PyObject *py_plans_configurations(PyObject *self, PyObject *arg)
+static PyObject *py_plans_configurations(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"plans", "plans_source", NULL};
     nx_state *st = nx_get_state(self);
-    PyObject *path = NULL, *result = NULL, *list = NULL, *name = NULL;
+    PyObject *plans_arg = NULL, *path = NULL, *result = NULL, *list = NULL, *name = NULL;
+    const char *plans_source = NULL;
     const cJSON *configurations = NULL;
     jr_doc plans;
 
     jr_init(&plans, st->PlansError, "");
-    if (!PyUnicode_FSConverter(arg, &path)) goto bail;
-    jr_init(&plans, st->PlansError, PyBytes_AS_STRING(path));
-    if (jr_load(&plans, PLANS_MAX_FILE_BYTES) < 0) goto bail;
-    if (!cJSON_IsObject(plans.root)) {
-        jr_fail(&plans, "", kRootNotObjectError, jr_type_name(plans.root));
-        goto bail;
-    }
-    if (jr_require(&plans, "", plans.root, "configurations", &configurations) < 0 ||
-        jr_expect(&plans, "configurations", configurations, cJSON_Object, "an object") < 0) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$z:plans_configurations", kwlist,
+                                     &plans_arg, &plans_source) ||
+        plans_load_plans(&plans, st->PlansError, plans_arg, plans_source, &path,
+                         &configurations) < 0) {
         goto bail;
     }
     list = PyList_New(0);
@@ -483,11 +518,17 @@ bail:
 }
 
 static PyMethodDef plans_methods[] = {
-    {"plans_configurations", py_plans_configurations, METH_O,
-     "plans_configurations(plans_path) -> list of configuration names, in file order."},
+    {"plans_configurations", (PyCFunction)(void (*)(void))py_plans_configurations,
+     METH_VARARGS | METH_KEYWORDS,
+     "plans_configurations(plans, *, plans_source=None) -> list of configuration names, in file "
+     "order.\n\nplans: a path, or the JSON document as a bytes-like object."},
     {"read_plans", (PyCFunction)(void (*)(void))py_read_plans, METH_VARARGS | METH_KEYWORDS,
-     "read_plans(plans_path, dataset_path, configuration) -> dict\n\n"
-     "Resolved model description of one configuration; see nnunet_export.read_model_config."},
+     "read_plans(plans, dataset, configuration, *, plans_source=None, dataset_source=None) "
+     "-> dict\n\n"
+     "Resolved model description of one configuration; see nnunet_export.read_model_config.\n"
+     "plans / dataset: a path, or the JSON document as a bytes-like object (messages then name\n"
+     "plans_source / dataset_source, by default \"plans.json (in memory)\" / \"dataset.json (in\n"
+     "memory)\")."},
     {NULL, NULL, 0, NULL},
 };
 

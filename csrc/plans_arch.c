@@ -1,6 +1,6 @@
-/* The architecture block of a configuration: validation of arch_kwargs for the network classes
- * nnU-Net ships (PlainConvUNet, ResidualEncoderUNet) and the in-memory conversion of old plans
- * (before nnU-Net 2.3) that ConfigurationManager.__init__ performs. */
+/* The architecture block of a configuration: its shape, the _kw_requires_import list, and the
+ * in-memory conversion of old plans (before nnU-Net 2.3) that ConfigurationManager.__init__
+ * performs. The arch_kwargs rules themselves live in arch_kwargs.c. */
 #include "nnunet_export.h"
 
 #include <cjson/cJSON.h>
@@ -8,152 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ARCH_MAX_STAGES 1000LL
 #define ARCH_MAX_SIZE 2147483647LL
 
-#define kMissingError "missing required key"
-#define kTypeError "expected %s, found %s"
-#define kLengthError "expected %zd entries (%s), found %zd"
 #define kOldClassError "unknown architecture \"%s\": the old-plans conversion only supports " \
                        "PlainConvUNet and ResidualEncoderUNet"
 #define kEmptyStagesError "expected at least one stage"
 #define kImportKeyError "names \"%s\", which is not a key of arch_kwargs"
-
-/* Where the checked values live: arch_kwargs of a modern block, or the old keys they came from. */
-typedef struct {
-    const jr_doc *doc;         /* borrowed */
-    const plans_config *cfg;   /* borrowed */
-    const char *kwargs_path;   /* borrowed: "configurations.X.architecture.arch_kwargs" */
-    int converted;             /* 1 when arch_kwargs was built from old plans keys */
-} arch_ctx;
-
-/* Old plans key each converted kwarg was copied from (ConfigurationManager's conversion). */
-static const char *arch_old_key(const char *name)
-{
-    if (strcmp(name, "strides") == 0) return "pool_op_kernel_sizes";
-    if (strcmp(name, "kernel_sizes") == 0) return "conv_kernel_sizes";
-    if (strcmp(name, "n_conv_per_stage") == 0 || strcmp(name, "n_blocks_per_stage") == 0) {
-        return "n_conv_per_stage_encoder";
-    }
-    if (strcmp(name, "n_conv_per_stage_decoder") == 0) return "n_conv_per_stage_decoder";
-    return NULL;
-}
-
-static void arch_kw_path(const arch_ctx *ctx, const char *name, char *path)
-{
-    const char *old = ctx->converted ? arch_old_key(name) : NULL;
-    if (old != NULL) {
-        plans_config_get(ctx->cfg, old, path);
-    } else {
-        jr_path_key(path, ctx->kwargs_path, name);
-    }
-}
-
-/* A positive integer, or (axes_ok) a list of ndim positive integers: one stage's kernel/stride. */
-static int arch_check_size(const arch_ctx *ctx, const char *path, const cJSON *item, int axes_ok,
-                           Py_ssize_t ndim)
-{
-    char child[JR_PATH_MAX];
-    long long v;
-    Py_ssize_t i = 0, n;
-
-    if (!axes_ok || !cJSON_IsArray(item)) {
-        return jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &v);
-    }
-    n = jr_array_size(item);
-    if (n != ndim) return jr_fail(ctx->doc, path, kLengthError, ndim, "one per patch_size axis", n);
-    for (const cJSON *c = item->child; c != NULL; c = c->next, i++) {
-        jr_path_index(child, path, i);
-        if (jr_as_int(ctx->doc, child, c, 1, ARCH_MAX_SIZE, &v) < 0) return -1;
-    }
-    return 0;
-}
-
-/* A per-stage kwarg: one value for all stages (dynamic-network-architectures accepts an int) or
- * a list of exactly `want` entries. */
-static int arch_check_stages(const arch_ctx *ctx, const cJSON *kwargs, const char *name,
-                             Py_ssize_t want, const char *why, int axes_ok, Py_ssize_t ndim)
-{
-    char path[JR_PATH_MAX], child[JR_PATH_MAX];
-    const cJSON *item = jr_find(kwargs, name);
-    Py_ssize_t n, i = 0;
-
-    arch_kw_path(ctx, name, path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (cJSON_IsNumber(item)) return arch_check_size(ctx, path, item, 0, ndim);
-    if (jr_expect(ctx->doc, path, item, cJSON_Array, "a list or an integer") < 0) return -1;
-    n = jr_array_size(item);
-    if (n != want) return jr_fail(ctx->doc, path, kLengthError, want, why, n);
-    for (const cJSON *c = item->child; c != NULL; c = c->next, i++) {
-        jr_path_index(child, path, i);
-        if (arch_check_size(ctx, child, c, axes_ok, ndim) < 0) return -1;
-    }
-    return 0;
-}
-
-/* An optional kwarg that must be one of two JSON types when present. */
-static int arch_check_optional(const arch_ctx *ctx, const cJSON *kwargs, const char *name,
-                               int type, const char *what)
-{
-    char path[JR_PATH_MAX];
-    const cJSON *item = jr_find(kwargs, name);
-    int ok;
-
-    if (item == NULL || cJSON_IsNull(item)) return 0;
-    ok = type == cJSON_True ? cJSON_IsBool(item) : (item->type & 0xFF) == type;
-    if (!ok) {
-        arch_kw_path(ctx, name, path);
-        return jr_fail(ctx->doc, path, kTypeError, what, jr_type_name(item));
-    }
-    return 0;
-}
-
-/* Checks arch_kwargs of the classes nnU-Net's planners produce against what their constructors
- * assert, so a bad plans file fails here with a key path instead of deep inside torch. */
-static int arch_check_known(const arch_ctx *ctx, const char *class_name, const cJSON *kwargs,
-                            Py_ssize_t ndim)
-{
-    char path[JR_PATH_MAX];
-    const char *dot = strrchr(class_name, '.');
-    const char *short_name = dot ? dot + 1 : class_name;
-    const char *blocks = NULL;
-    const cJSON *item = NULL;
-    long long n_stages;
-
-    if (strcmp(short_name, "PlainConvUNet") == 0) blocks = "n_conv_per_stage";
-    else if (strcmp(short_name, "ResidualEncoderUNet") == 0) blocks = "n_blocks_per_stage";
-    else return 0; /* a custom class: its kwargs are its own business */
-
-    item = jr_find(kwargs, "n_stages");
-    arch_kw_path(ctx, "n_stages", path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_STAGES, &n_stages) < 0) return -1;
-
-    if (arch_check_stages(ctx, kwargs, "features_per_stage", (Py_ssize_t)n_stages, "n_stages", 0,
-                          ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "kernel_sizes", (Py_ssize_t)n_stages, "n_stages", 1,
-                          ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "strides", (Py_ssize_t)n_stages, "n_stages", 1, ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, blocks, (Py_ssize_t)n_stages, "n_stages", 0, ndim) < 0 ||
-        arch_check_stages(ctx, kwargs, "n_conv_per_stage_decoder", (Py_ssize_t)n_stages - 1,
-                          "n_stages - 1", 0, ndim) < 0) {
-        return -1;
-    }
-    item = jr_find(kwargs, "conv_op");
-    arch_kw_path(ctx, "conv_op", path);
-    if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
-    if (jr_expect(ctx->doc, path, item, cJSON_String, "a string") < 0) return -1;
-    if (arch_check_optional(ctx, kwargs, "norm_op", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "dropout_op", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "nonlin", cJSON_String, "a string or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "norm_op_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "dropout_op_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "nonlin_kwargs", cJSON_Object, "an object or null") < 0 ||
-        arch_check_optional(ctx, kwargs, "conv_bias", cJSON_True, "a boolean") < 0) {
-        return -1;
-    }
-    return 0;
-}
 
 /* get_network_from_plans looks every _kw_requires_import entry up in arch_kwargs. */
 static int arch_check_imports(const arch_ctx *ctx, const char *path, const cJSON *imports,
@@ -197,125 +57,123 @@ static int arch_add_ref(cJSON *object, const char *key, const cJSON *item)
     return cJSON_AddItemReferenceToObject(object, key, (cJSON *)item) ? 0 : -1;
 }
 
+/* The old plans keys a conversion reads, checked; borrowed from the plans document. */
+typedef struct {
+    const char *class_name; /* module path nnU-Net converts the bare class name to */
+    const char *blocks;     /* keyword of the encoder's per-stage block counts */
+    const cJSON *lists[4];  /* kernel sizes, pool kernel sizes, encoder and decoder block counts */
+    Py_ssize_t n_stages;
+    long long base, max_features;
+} arch_old_keys;
+
+/* Reads and checks the old plans keys of ctx->cfg into *keys. Returns 0, or -1 with PlansError. */
+static int arch_old_read(const arch_ctx *ctx, arch_old_keys *keys)
+{
+    static const char *const copied[4] = {"conv_kernel_sizes", "pool_op_kernel_sizes",
+                                          "n_conv_per_stage_encoder", "n_conv_per_stage_decoder"};
+    static const char *const ints[2] = {"UNet_base_num_features", "unet_max_num_features"};
+    long long *int_out[2] = {&keys->base, &keys->max_features};
+    char path[JR_PATH_MAX];
+    const cJSON *item = plans_config_get(ctx->cfg, "UNet_class_name", path);
+
+    if (item == NULL) {
+        /* Neither format: name what a modern plans file would have needed. */
+        plans_config_get(ctx->cfg, "architecture", path);
+        return jr_fail(ctx->doc, path, kMissingError);
+    }
+    if (jr_as_string(ctx->doc, path, item, &keys->class_name) < 0) return -1;
+    if (strcmp(keys->class_name, "PlainConvUNet") == 0) {
+        keys->blocks = "n_conv_per_stage";
+        keys->class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet";
+    } else if (strcmp(keys->class_name, "ResidualEncoderUNet") == 0) {
+        keys->blocks = "n_blocks_per_stage";
+        /* nnU-Net 2.8.1 writes this module path verbatim, although dynamic-network-architectures
+         * 0.4.4 keeps ResidualEncoderUNet in architectures.unet. */
+        keys->class_name = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet";
+    } else {
+        return jr_fail(ctx->doc, path, kOldClassError, keys->class_name);
+    }
+    for (int k = 0; k < 4; k++) {
+        keys->lists[k] = plans_config_get(ctx->cfg, copied[k], path);
+        if (keys->lists[k] == NULL) return jr_fail(ctx->doc, path, kMissingError);
+    }
+    plans_config_get(ctx->cfg, "n_conv_per_stage_encoder", path);
+    if (jr_expect(ctx->doc, path, keys->lists[2], cJSON_Array, "a list") < 0) return -1;
+    keys->n_stages = jr_array_size(keys->lists[2]);
+    if (keys->n_stages == 0) return jr_fail(ctx->doc, path, kEmptyStagesError);
+    for (int k = 0; k < 2; k++) {
+        item = plans_config_get(ctx->cfg, ints[k], path);
+        if (item == NULL) return jr_fail(ctx->doc, path, kMissingError);
+        if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, int_out[k]) < 0) return -1;
+    }
+    /* nnU-Net deletes num_pool_per_axis during the conversion, so it must be there. */
+    if (plans_config_get(ctx->cfg, "num_pool_per_axis", path) == NULL) {
+        return jr_fail(ctx->doc, path, kMissingError);
+    }
+    return 0;
+}
+
 /* Builds the modern architecture block from old plans keys exactly as
  * ConfigurationManager.__init__ does. Returns a new cJSON tree (list values are references into
  * the plans document, which must outlive it) or NULL with an exception set. */
 static cJSON *arch_convert_old(const arch_ctx *ctx, Py_ssize_t ndim)
 {
-    static const char *const copied[4] = {"conv_kernel_sizes", "pool_op_kernel_sizes",
-                                          "n_conv_per_stage_encoder", "n_conv_per_stage_decoder"};
     static const char *const imports[4] = {"conv_op", "norm_op", "dropout_op", "nonlin"};
-    char path[JR_PATH_MAX], conv[96], norm[96];
-    const cJSON *class_item = NULL, *lists[4] = {NULL, NULL, NULL, NULL}, *item = NULL;
-    cJSON *block = NULL, *kwargs = NULL, *features = NULL, *sub = NULL, *result = NULL;
-    const char *class_name = NULL, *blocks = NULL;
-    long long base, max_features, f;
-    Py_ssize_t n_stages;
-    int failed = 0;
+    char conv[96], norm[96];
+    arch_old_keys keys;
+    cJSON *block = NULL, *kwargs = NULL, *features = NULL, *sub = NULL;
+    long long f;
 
-    class_item = plans_config_get(ctx->cfg, "UNet_class_name", path);
-    if (class_item == NULL) {
-        /* Neither format: name what a modern plans file would have needed. */
-        plans_config_get(ctx->cfg, "architecture", path);
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_string(ctx->doc, path, class_item, &class_name) < 0) goto bail;
-    if (strcmp(class_name, "PlainConvUNet") == 0) {
-        blocks = "n_conv_per_stage";
-        class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet";
-    } else if (strcmp(class_name, "ResidualEncoderUNet") == 0) {
-        blocks = "n_blocks_per_stage";
-        /* nnU-Net 2.8.1 writes this module path verbatim, although dynamic-network-architectures
-         * 0.4.4 keeps ResidualEncoderUNet in architectures.unet. */
-        class_name = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet";
-    } else {
-        jr_fail(ctx->doc, path, kOldClassError, class_name);
-        goto bail;
-    }
-    for (int k = 0; k < 4; k++) {
-        lists[k] = plans_config_get(ctx->cfg, copied[k], path);
-        if (lists[k] == NULL) {
-            jr_fail(ctx->doc, path, kMissingError);
-            goto bail;
-        }
-    }
-    plans_config_get(ctx->cfg, "n_conv_per_stage_encoder", path);
-    if (jr_expect(ctx->doc, path, lists[2], cJSON_Array, "a list") < 0) goto bail;
-    n_stages = jr_array_size(lists[2]);
-    if (n_stages == 0) {
-        jr_fail(ctx->doc, path, kEmptyStagesError);
-        goto bail;
-    }
-    item = plans_config_get(ctx->cfg, "UNet_base_num_features", path);
-    if (item == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &base) < 0) goto bail;
-    item = plans_config_get(ctx->cfg, "unet_max_num_features", path);
-    if (item == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-    if (jr_as_int(ctx->doc, path, item, 1, ARCH_MAX_SIZE, &max_features) < 0) goto bail;
-    /* nnU-Net deletes num_pool_per_axis during the conversion, so it must be there. */
-    if (plans_config_get(ctx->cfg, "num_pool_per_axis", path) == NULL) {
-        jr_fail(ctx->doc, path, kMissingError);
-        goto bail;
-    }
-
+    memset(&keys, 0, sizeof keys);
+    if (arch_old_read(ctx, &keys) < 0) return NULL;
     /* Same keys in the same order as nnU-Net's converted dict. Each child belongs to its parent as
      * soon as it is attached, so freeing `block` frees everything. */
     snprintf(conv, sizeof(conv), "torch.nn.modules.conv.Conv%zdd", ndim);
     snprintf(norm, sizeof(norm), "torch.nn.modules.instancenorm.InstanceNorm%zdd", ndim);
     block = cJSON_CreateObject();
     if (block == NULL ||
-        arch_attach(block, "network_class_name", cJSON_CreateString(class_name)) < 0 ||
+        arch_attach(block, "network_class_name", cJSON_CreateString(keys.class_name)) < 0 ||
         (kwargs = arch_attach_new(block, "arch_kwargs", cJSON_CreateObject())) == NULL ||
-        arch_attach(kwargs, "n_stages", cJSON_CreateNumber((double)n_stages)) < 0 ||
+        arch_attach(kwargs, "n_stages", cJSON_CreateNumber((double)keys.n_stages)) < 0 ||
         (features = arch_attach_new(kwargs, "features_per_stage", cJSON_CreateArray())) == NULL) {
-        goto nomem;
+        goto bail;
     }
     /* min(base * 2**i, max); doubling stops once past max, so nothing overflows. */
-    f = base;
-    for (Py_ssize_t i = 0; i < n_stages; i++) {
+    f = keys.base;
+    for (Py_ssize_t i = 0; i < keys.n_stages; i++) {
         if (arch_attach(features, NULL,
-                        cJSON_CreateNumber((double)(f < max_features ? f : max_features))) < 0) {
-            goto nomem;
+                        cJSON_CreateNumber((double)(f < keys.max_features ? f : keys.max_features))) < 0) {
+            goto bail;
         }
-        if (f < max_features) f *= 2;
+        if (f < keys.max_features) f *= 2;
     }
-    failed = arch_attach(kwargs, "conv_op", cJSON_CreateString(conv)) < 0 ||
-             arch_add_ref(kwargs, "kernel_sizes", lists[0]) < 0 ||
-             arch_add_ref(kwargs, "strides", lists[1]) < 0 ||
-             arch_add_ref(kwargs, blocks, lists[2]) < 0 ||
-             arch_add_ref(kwargs, "n_conv_per_stage_decoder", lists[3]) < 0 ||
-             arch_attach(kwargs, "conv_bias", cJSON_CreateTrue()) < 0 ||
-             arch_attach(kwargs, "norm_op", cJSON_CreateString(norm)) < 0 ||
-             (sub = arch_attach_new(kwargs, "norm_op_kwargs", cJSON_CreateObject())) == NULL ||
-             arch_attach(sub, "eps", cJSON_CreateNumber(1e-05)) < 0 ||
-             arch_attach(sub, "affine", cJSON_CreateTrue()) < 0;
-    if (failed) goto nomem;
-    failed = arch_attach(kwargs, "dropout_op", cJSON_CreateNull()) < 0 ||
-             arch_attach(kwargs, "dropout_op_kwargs", cJSON_CreateNull()) < 0 ||
-             arch_attach(kwargs, "nonlin", cJSON_CreateString("torch.nn.LeakyReLU")) < 0 ||
-             (sub = arch_attach_new(kwargs, "nonlin_kwargs", cJSON_CreateObject())) == NULL ||
-             arch_attach(sub, "inplace", cJSON_CreateTrue()) < 0;
-    if (failed) goto nomem;
-    sub = arch_attach_new(block, "_kw_requires_import", cJSON_CreateArray());
-    if (sub == NULL) goto nomem;
+    if (arch_attach(kwargs, "conv_op", cJSON_CreateString(conv)) < 0 ||
+        arch_add_ref(kwargs, "kernel_sizes", keys.lists[0]) < 0 ||
+        arch_add_ref(kwargs, "strides", keys.lists[1]) < 0 ||
+        arch_add_ref(kwargs, keys.blocks, keys.lists[2]) < 0 ||
+        arch_add_ref(kwargs, "n_conv_per_stage_decoder", keys.lists[3]) < 0 ||
+        arch_attach(kwargs, "conv_bias", cJSON_CreateTrue()) < 0 ||
+        arch_attach(kwargs, "norm_op", cJSON_CreateString(norm)) < 0 ||
+        (sub = arch_attach_new(kwargs, "norm_op_kwargs", cJSON_CreateObject())) == NULL ||
+        arch_attach(sub, "eps", cJSON_CreateNumber(1e-05)) < 0 ||
+        arch_attach(sub, "affine", cJSON_CreateTrue()) < 0 ||
+        arch_attach(kwargs, "dropout_op", cJSON_CreateNull()) < 0 ||
+        arch_attach(kwargs, "dropout_op_kwargs", cJSON_CreateNull()) < 0 ||
+        arch_attach(kwargs, "nonlin", cJSON_CreateString("torch.nn.LeakyReLU")) < 0 ||
+        (sub = arch_attach_new(kwargs, "nonlin_kwargs", cJSON_CreateObject())) == NULL ||
+        arch_attach(sub, "inplace", cJSON_CreateTrue()) < 0 ||
+        (sub = arch_attach_new(block, "_kw_requires_import", cJSON_CreateArray())) == NULL) {
+        goto bail;
+    }
     for (int k = 0; k < 4; k++) {
-        if (arch_attach(sub, NULL, cJSON_CreateString(imports[k])) < 0) goto nomem;
+        if (arch_attach(sub, NULL, cJSON_CreateString(imports[k])) < 0) goto bail;
     }
-    result = block;
-    block = NULL;
-    goto bail;
-nomem:
-    PyErr_NoMemory();
+    return block;
 bail:
+    /* Only allocations fail past arch_old_read. */
     cJSON_Delete(block);
-    return result;
+    PyErr_NoMemory();
+    return NULL;
 }
 
 int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, PyObject *out)
@@ -325,7 +183,7 @@ int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, Py
     const cJSON *kwargs = NULL, *class_item = NULL, *imports = NULL;
     cJSON *converted = NULL;
     PyObject *block = NULL, *value = NULL;
-    arch_ctx ctx = {doc, cfg, kwargs_path, 0};
+    arch_ctx ctx = {doc, cfg, kwargs_path, "one per patch_size axis", NULL, 0};
     int rc = -1;
 
     jr_path_key(kwargs_path, arch_path, "arch_kwargs");
@@ -350,7 +208,7 @@ int arch_resolve(const jr_doc *doc, const plans_config *cfg, Py_ssize_t ndim, Py
     jr_path_key(path, arch_path, "_kw_requires_import");
     if (jr_require(doc, arch_path, arch, "_kw_requires_import", &imports) < 0 ||
         arch_check_imports(&ctx, path, imports, kwargs) < 0 ||
-        arch_check_known(&ctx, class_item->valuestring, kwargs, ndim) < 0) {
+        arch_check_structure(&ctx, class_item->valuestring, kwargs, ndim) < 0) {
         goto bail;
     }
     block = PyDict_New();

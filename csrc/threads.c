@@ -12,6 +12,8 @@
 
 static const char kBindNotLoaded[] =
     "cannot open libtorch at '%s' to look up its stable C ABI: %s";
+static const char kGuardReentryError[] = "ThreadGuard is not re-entrant: make a new one";
+static const char kGuardExitError[] = "ThreadGuard.__exit__ without __enter__";
 static const char kBadNumThreads[] = "num_threads must be a positive int or None, got %R";
 static const char kRestoreFailed[] =
     "torch's thread count is %u after restoring it to %ld: another thread changed it";
@@ -22,9 +24,8 @@ static nx_torch_get_num_threads_fn threads_stable_get_num_threads = NULL;
 typedef struct {
     PyObject_HEAD
     long requested_threads;   /* 0: leave the count alone */
-    int entered;
-    long saved_threads;
-    long saved_interop_threads;
+    int entered;              /* between __enter__ and __exit__ */
+    long saved_threads;       /* intra-op thread count at __enter__ */
     PyObject *saved_cudnn_benchmark; /* owned */
     PyObject *saved_grad_enabled;    /* owned */
     PyObject *saved_default_dtype;   /* owned */
@@ -64,7 +65,7 @@ static long threads_torch_get_long(const char *attr)
     return result;
 }
 
-static long threads_current_num_threads(void)
+long nx_torch_num_threads(void)
 {
     uint32_t n = 0;
 
@@ -160,35 +161,31 @@ static PyObject *threads_guard_enter(threads_guard *self, PyObject *Py_UNUSED(ig
     PyObject *cudnn = NULL;
 
     if (self->entered) {
-        PyErr_SetString(PyExc_RuntimeError, "ThreadGuard is not re-entrant: make a new one");
+        PyErr_SetString(PyExc_RuntimeError, kGuardReentryError);
         return NULL;
     }
-    self->saved_threads = threads_current_num_threads();
+    self->saved_threads = nx_torch_num_threads();
     if (self->saved_threads < 0) {
-        goto error;
-    }
-    self->saved_interop_threads = threads_torch_get_long("get_num_interop_threads");
-    if (self->saved_interop_threads < 0) {
-        goto error;
+        goto bail;
     }
     cudnn = PyImport_ImportModule("torch.backends.cudnn");
     if (cudnn == NULL) {
-        goto error;
+        goto bail;
     }
     self->saved_cudnn_benchmark = PyObject_GetAttrString(cudnn, "benchmark");
     self->saved_grad_enabled = threads_torch_call("torch", "is_grad_enabled", NULL);
     self->saved_default_dtype = threads_torch_call("torch", "get_default_dtype", NULL);
     if (self->saved_cudnn_benchmark == NULL || self->saved_grad_enabled == NULL ||
         self->saved_default_dtype == NULL) {
-        goto error;
+        goto bail;
     }
     if (self->requested_threads > 0 && threads_set_num_threads(self->requested_threads) < 0) {
-        goto error;
+        goto bail;
     }
     Py_DECREF(cudnn);
     self->entered = 1;
     return Py_NewRef((PyObject *)self);
-error:
+bail:
     Py_XDECREF(cudnn);
     threads_guard_release_saved(self);
     return NULL;
@@ -198,7 +195,7 @@ error:
  * earlier one fails; the first failure is reported. */
 static PyObject *threads_guard_exit(threads_guard *self, PyObject *args)
 {
-    PyObject *exc_type = NULL, *exc_value = NULL, *exc_tb = NULL;
+    PyObject *first_error = NULL; /* owned: the first failure, raised at the end */
     PyObject *cudnn = NULL, *grad = NULL;
     long now;
     int failed = 0;
@@ -206,54 +203,48 @@ static PyObject *threads_guard_exit(threads_guard *self, PyObject *args)
 
     (void)args;
     if (!self->entered) {
-        PyErr_SetString(PyExc_RuntimeError, "ThreadGuard.__exit__ without __enter__");
+        PyErr_SetString(PyExc_RuntimeError, kGuardExitError);
         return NULL;
     }
     self->entered = 0;
 
-    now = threads_current_num_threads();
+    now = nx_torch_num_threads();
     if (now < 0 || (now != self->saved_threads && threads_set_num_threads(self->saved_threads) < 0)) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
-    /* set_num_interop_threads may be called once per process; it never changes afterwards,
-     * so it is only checked, never set. */
-    now = threads_torch_get_long("get_num_interop_threads");
-    if (now < 0 && !failed) {
-        failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    }
+    /* set_num_interop_threads may be called once per process, so the guard never touches it. */
     PyErr_Clear();
     cudnn = PyImport_ImportModule("torch.backends.cudnn");
     if (cudnn == NULL || PyObject_SetAttrString(cudnn, "benchmark", self->saved_cudnn_benchmark) < 0) {
         if (!failed) {
             failed = 1;
-            PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+            first_error = nx_take_exception();
         }
     }
     PyErr_Clear();
     grad = threads_torch_call("torch", "set_grad_enabled", self->saved_grad_enabled);
     if (grad == NULL && !failed) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     PyErr_Clear();
     if (threads_torch_set("torch", "set_default_dtype", self->saved_default_dtype) < 0 && !failed) {
         failed = 1;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     PyErr_Clear();
     if (!failed && threads_stable_get_num_threads != NULL &&
         threads_stable_get_num_threads(&check) == 0 && (long)check != self->saved_threads) {
         failed = 1;
         PyErr_Format(PyExc_RuntimeError, kRestoreFailed, check, self->saved_threads);
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        first_error = nx_take_exception();
     }
     Py_XDECREF(grad);
     Py_XDECREF(cudnn);
     threads_guard_release_saved(self);
     if (failed) {
-        PyErr_Restore(exc_type, exc_value, exc_tb);
+        nx_restore_exception(first_error);
         return NULL;
     }
     Py_RETURN_FALSE; /* never swallow the caller's exception */

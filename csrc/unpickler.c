@@ -1,44 +1,41 @@
-/* Protocol-2 pickle VM for torch.save's data.pkl (the allowlist and placeholders live in
- * pickle_globals.c). It knows exactly the opcodes torch's
- * weights-only loader accepts and never imports or calls anything named by the file: GLOBAL
- * yields an nx_lazy marker (allowlisted or not), REDUCE/NEWOBJ yield nx_lazy calls, BINPERSID
- * yields an nx_lazy storage reference. Only two calls run eagerly because they are inert and
- * needed to build containers: OrderedDict() and _codecs.encode(str, 'latin1'). */
+/* Protocol-2 pickle VM for torch.save's data.pkl: the stack, marks and memo, the opcodes that
+ * build plain values and containers, and the dispatch loop. It knows exactly the opcodes torch's
+ * weights-only loader accepts and never imports or calls anything named by the file; the
+ * opcodes that ask to construct objects live in unpickler_objects.c, the allowlist and
+ * placeholders in pickle_globals.c. */
 #include "nnunet_export.h"
 
 #include <string.h>
-
-#define UPK_MAX_LINE 256 /* GLOBAL module / name lines */
 
 static const char kUpkError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s";
 static const char kUpkUnknownOpcode[] =
     "checkpoint '%U': %s byte %llu: opcode 0x%02x (%s) is not allowed; only the protocol-2 "
     "opcodes torch's weights-only loader accepts are";
+static const char kUpkPythonError[] = "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)";
 static const char kUpkTruncated[] = "checkpoint '%U': %s ends inside opcode %s at byte %llu";
 static const char kUpkNoStop[] = "checkpoint '%U': %s ends without STOP";
+static const char kUpkProtocolError[] = "only protocol 2 (first opcode) is accepted";
+static const char kUpkShortStackError[] = "not enough items on the stack";
+static const char kUpkAppendError[] = "needs a list and an item";
+static const char kUpkSetitemError[] = "needs a dict, a key and a value";
+static const char kUpkUtf8Error[] = "string is not UTF-8";
+static const char kUpkMarkFloorError[] = "stack empty above the last MARK";
+static const char kUpkUnderflowError[] = "stack underflow";
+static const char kUpkNoMarkError[] = "no MARK on the stack";
+static const char kUpkMemoRangeError[] = "memo index larger than the pickle could ever fill";
+static const char kUpkMemoMissingError[] = "memo index was never stored";
+static const char kUpkSetitemsError[] = "needs a dict below the MARK and key/value pairs above it";
+static const char kUpkDictTargetError[] = "target is not a dict or OrderedDict";
+static const char kUpkDictKeyError[] =
+    "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) other than -1 (other "
+    "keys allow hash-collision floods)";
+static const char kUpkBadKeyError[] = "bad dict key";
+static const char kUpkAppendsError[] = "needs a list below the MARK";
+static const char kUpkListTargetError[] = "target is not a list";
+static const char kUpkStopStackError[] = "STOP with a stack other than exactly one object";
+static const char kUpkTrailingError[] = "bytes follow STOP";
 
-/* ---- the VM ---- */
-
-typedef struct {
-    nx_state *st;
-    PyObject *path;
-    const char *entry;
-    const uint8_t *data;
-    uint64_t len;
-    uint64_t pos;     /* next byte */
-    uint64_t op_at;   /* offset of the current opcode */
-    const char *op;   /* current opcode name */
-    PyObject **stack; /* owned references */
-    size_t sp, stack_cap;
-    size_t *marks;
-    size_t nmarks, marks_cap;
-    PyObject **memo;  /* owned references or NULL */
-    size_t memo_cap;
-    PyObject *build_states;
-    PyObject *ordered_dict; /* borrowed type */
-} upk_vm;
-
-static int upk_fail(upk_vm *vm, const char *why)
+int upk_fail(upk_vm *vm, const char *why)
 {
     PyErr_Format(vm->st->CheckpointError, kUpkError, vm->path, vm->entry,
                  (unsigned long long)vm->op_at, vm->op, why);
@@ -46,12 +43,12 @@ static int upk_fail(upk_vm *vm, const char *why)
 }
 
 /* Wraps the current Python exception (e.g. a bad UTF-8 string) into a CheckpointError. */
-static int upk_fail_from_python(upk_vm *vm, const char *what)
+int upk_fail_from_python(upk_vm *vm, const char *what)
 {
     PyObject *exc = nx_take_exception();
     PyObject *msg = exc != NULL ? PyObject_Str(exc) : NULL;
     PyErr_Clear();
-    PyErr_Format(vm->st->CheckpointError, "checkpoint '%U': %s byte %llu: opcode %s: %s (%S)",
+    PyErr_Format(vm->st->CheckpointError, kUpkPythonError,
                  vm->path, vm->entry, (unsigned long long)vm->op_at, vm->op, what,
                  msg != NULL ? msg : Py_None);
     Py_XDECREF(msg);
@@ -59,7 +56,7 @@ static int upk_fail_from_python(upk_vm *vm, const char *what)
     return -1;
 }
 
-static const uint8_t *upk_read(upk_vm *vm, uint64_t n)
+const uint8_t *upk_read(upk_vm *vm, uint64_t n)
 {
     if (n > vm->len - vm->pos) {
         PyErr_Format(vm->st->CheckpointError, kUpkTruncated, vm->path, vm->entry, vm->op,
@@ -73,7 +70,7 @@ static const uint8_t *upk_read(upk_vm *vm, uint64_t n)
 
 /* Pushes a new reference (stolen, also on failure). Stack size is bounded by the pickle length
  * because every push consumes at least one byte. */
-static int upk_push(upk_vm *vm, PyObject *obj)
+int upk_push(upk_vm *vm, PyObject *obj)
 {
     if (obj == NULL) {
         return -1;
@@ -95,21 +92,21 @@ static int upk_push(upk_vm *vm, PyObject *obj)
 
 /* Returns a new reference popped from the stack (or NULL with an error: underflow or crossing
  * the last MARK). */
-static PyObject *upk_pop(upk_vm *vm)
+PyObject *upk_pop(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
-        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        upk_fail(vm, vm->nmarks ? kUpkMarkFloorError : kUpkUnderflowError);
         return NULL;
     }
     return vm->stack[--vm->sp];
 }
 
-static PyObject *upk_top(upk_vm *vm)
+PyObject *upk_top(upk_vm *vm)
 {
     size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
     if (vm->sp <= floor) {
-        upk_fail(vm, vm->nmarks ? "stack empty above the last MARK" : "stack underflow");
+        upk_fail(vm, vm->nmarks ? kUpkMarkFloorError : kUpkUnderflowError);
         return NULL;
     }
     return vm->stack[vm->sp - 1];
@@ -119,7 +116,7 @@ static PyObject *upk_top(upk_vm *vm)
 static Py_ssize_t upk_pop_mark(upk_vm *vm)
 {
     if (vm->nmarks == 0) {
-        upk_fail(vm, "no MARK on the stack");
+        upk_fail(vm, kUpkNoMarkError);
         return -1;
     }
     return (Py_ssize_t)vm->marks[--vm->nmarks];
@@ -147,7 +144,7 @@ static int upk_memo_put(upk_vm *vm, uint64_t idx)
     /* Real indices are below the number of PUT opcodes, hence below the pickle length: this
      * bounds the memo allocation by the input size. */
     if (idx >= vm->len) {
-        return upk_fail(vm, "memo index larger than the pickle could ever fill");
+        return upk_fail(vm, kUpkMemoRangeError);
     }
     if (idx >= vm->memo_cap) {
         size_t cap = vm->memo_cap ? vm->memo_cap : 64;
@@ -170,142 +167,9 @@ static int upk_memo_put(upk_vm *vm, uint64_t idx)
 static int upk_memo_get(upk_vm *vm, uint64_t idx)
 {
     if (idx >= vm->memo_cap || vm->memo[idx] == NULL) {
-        return upk_fail(vm, "memo index was never stored");
+        return upk_fail(vm, kUpkMemoMissingError);
     }
     return upk_push(vm, Py_NewRef(vm->memo[idx]));
-}
-
-static int upk_global(upk_vm *vm)
-{
-    char parts[2][UPK_MAX_LINE + 1];
-    for (int i = 0; i < 2; i++) {
-        uint64_t start = vm->pos;
-        const uint8_t *nl = memchr(vm->data + start, '\n', (size_t)(vm->len - start));
-        if (nl == NULL) {
-            return upk_read(vm, vm->len - start + 1) == NULL ? -1 : -1;
-        }
-        uint64_t n = (uint64_t)(nl - (vm->data + start));
-        if (n == 0 || n > UPK_MAX_LINE) {
-            return upk_fail(vm, "module or name empty or longer than 256 bytes");
-        }
-        for (uint64_t k = 0; k < n; k++) {
-            uint8_t c = vm->data[start + k];
-            if (c < 0x21 || c > 0x7e) {
-                return upk_fail(vm, "module or name is not printable ASCII");
-            }
-        }
-        memcpy(parts[i], vm->data + start, (size_t)n);
-        parts[i][n] = '\0';
-        vm->pos = start + n + 1;
-    }
-    nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_GLOBAL);
-    if (z == NULL) {
-        return -1;
-    }
-    z->global_id = nx_classify_global(parts[0], parts[1], &z->sub);
-    z->name = PyUnicode_FromFormat("%s.%s", parts[0], parts[1]);
-    if (z->name == NULL) {
-        Py_DECREF(z);
-        return -1;
-    }
-    return upk_push(vm, (PyObject *)z);
-}
-
-static int upk_is_global(PyObject *obj, nx_state *st, int id)
-{
-    return Py_IS_TYPE(obj, (PyTypeObject *)st->lazy_type) && ((nx_lazy *)obj)->kind == NX_LAZY_GLOBAL &&
-           ((nx_lazy *)obj)->global_id == id;
-}
-
-/* REDUCE / NEWOBJ: never calls anything named by the file. */
-static int upk_reduce(upk_vm *vm, int newobj)
-{
-    PyObject *args = upk_pop(vm);
-    PyObject *func = NULL;
-    PyObject *result = NULL;
-    if (args == NULL) {
-        return -1;
-    }
-    func = upk_pop(vm);
-    if (func == NULL) {
-        goto bail;
-    }
-    if (!PyTuple_CheckExact(args)) {
-        upk_fail(vm, "argument is not a tuple");
-        goto bail;
-    }
-    if (!Py_IS_TYPE(func, (PyTypeObject *)vm->st->lazy_type)) {
-        upk_fail(vm, "callable is not a global");
-        goto bail;
-    }
-    if (!newobj && upk_is_global(func, vm->st, NX_G_ORDERED_DICT) && PyTuple_GET_SIZE(args) == 0) {
-        /* An empty OrderedDict is inert; it must exist now so SETITEMS can fill it. */
-        result = PyObject_CallNoArgs(vm->ordered_dict);
-    } else if (!newobj && upk_is_global(func, vm->st, NX_G_CODECS_ENCODE) &&
-               PyTuple_GET_SIZE(args) == 2 && PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) &&
-               PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 1)) &&
-               PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(args, 1), "latin1") == 0) {
-        /* NumPy scalars carry their raw bytes as a latin1 str; decode it to bytes right here. */
-        result = PyUnicode_AsLatin1String(PyTuple_GET_ITEM(args, 0));
-        if (result == NULL) {
-            upk_fail_from_python(vm, "_codecs.encode argument is not latin1");
-            goto bail;
-        }
-    } else {
-        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_CALL);
-        if (z != NULL) {
-            z->newobj = newobj;
-            z->func = Py_NewRef(func);
-            z->args = Py_NewRef(args);
-        }
-        result = (PyObject *)z;
-    }
-bail:
-    Py_XDECREF(func);
-    Py_DECREF(args);
-    return result == NULL ? -1 : upk_push(vm, result);
-}
-
-static int upk_build(upk_vm *vm)
-{
-    PyObject *state = upk_pop(vm);
-    PyObject *inst = NULL;
-    PyObject *key = NULL, *entry = NULL;
-    int rc = -1;
-    if (state == NULL || (inst = upk_top(vm)) == NULL) {
-        goto bail;
-    }
-    if (Py_IS_TYPE(inst, (PyTypeObject *)vm->ordered_dict)) {
-        /* state_dict()'s `_metadata` attribute: applied when the dict is materialised. */
-        key = PyLong_FromVoidPtr(inst);
-        if (key == NULL) {
-            goto bail;
-        }
-        entry = PyDict_GetItemWithError(vm->build_states, key);
-        if (entry == NULL) {
-            if (PyErr_Occurred()) {
-                goto bail;
-            }
-            entry = PyList_New(0);
-            if (entry == NULL || PyList_Append(entry, inst) < 0 ||
-                PyDict_SetItem(vm->build_states, key, entry) < 0) {
-                Py_XDECREF(entry);
-                goto bail;
-            }
-            Py_DECREF(entry);
-        }
-        rc = PyList_Append(entry, state);
-    } else if (Py_IS_TYPE(inst, (PyTypeObject *)vm->st->lazy_type) &&
-               ((nx_lazy *)inst)->kind == NX_LAZY_CALL && ((nx_lazy *)inst)->state == NULL) {
-        ((nx_lazy *)inst)->state = Py_NewRef(state);
-        rc = 0;
-    } else {
-        upk_fail(vm, "BUILD target is not an OrderedDict or a reconstructed object");
-    }
-bail:
-    Py_XDECREF(key);
-    Py_XDECREF(state);
-    return rc;
 }
 
 /* Dict keys the VM accepts. Keys whose hashes an attacker can make collide (floats, tuples, ints
@@ -329,20 +193,19 @@ static int upk_key_ok(upk_vm *vm, PyObject *key)
 static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp || ((size_t)(vm->sp - (size_t)start)) % 2 != 0) {
-        return upk_fail(vm, "needs a dict below the MARK and key/value pairs above it");
+        return upk_fail(vm, kUpkSetitemsError);
     }
     PyObject *target = vm->stack[start - 1];
     if (!PyDict_CheckExact(target) && !Py_IS_TYPE(target, (PyTypeObject *)vm->ordered_dict)) {
-        return upk_fail(vm, "target is not a dict or OrderedDict");
+        return upk_fail(vm, kUpkDictTargetError);
     }
     for (size_t i = (size_t)start; i < vm->sp; i += 2) {
         if (!upk_key_ok(vm, vm->stack[i])) {
-            return upk_fail(vm, "dict key is not a str, bytes, bool, None or int in (-2**60, 2**61 - 1) "
-                                "other than -1 (other keys allow hash-collision floods)");
+            return upk_fail(vm, kUpkDictKeyError);
         }
         /* Keys are built-in values or placeholders: hashing them runs no code from the file. */
         if (PyObject_SetItem(target, vm->stack[i], vm->stack[i + 1]) < 0) {
-            return upk_fail_from_python(vm, "bad dict key");
+            return upk_fail_from_python(vm, kUpkBadKeyError);
         }
     }
     while (vm->sp > (size_t)start) {
@@ -354,11 +217,11 @@ static int upk_setitems(upk_vm *vm, Py_ssize_t start)
 static int upk_appends(upk_vm *vm, Py_ssize_t start)
 {
     if (start < 1 || (size_t)start > vm->sp) {
-        return upk_fail(vm, "needs a list below the MARK");
+        return upk_fail(vm, kUpkAppendsError);
     }
     PyObject *target = vm->stack[start - 1];
     if (!PyList_CheckExact(target)) {
-        return upk_fail(vm, "target is not a list");
+        return upk_fail(vm, kUpkListTargetError);
     }
     for (size_t i = (size_t)start; i < vm->sp; i++) {
         if (PyList_Append(target, vm->stack[i]) < 0) {
@@ -425,42 +288,24 @@ static const char *upk_opcode_name(uint8_t op)
     }
 }
 
-/* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
-static int upk_step(upk_vm *vm)
+/* The load_* families below each handle the opcodes of one kind, like CPython's _pickle.c. */
+
+/* PROTO, STOP, MARK and the opcodes that build a container from stack items. */
+static int upk_load_structure(upk_vm *vm, uint8_t op)
 {
     const uint8_t *p;
-    uint8_t op;
-    vm->op_at = vm->pos;
-    vm->op = "?";
-    if ((p = upk_read(vm, 1)) == NULL) {
-        return -1;
-    }
-    op = *p;
+    size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
+    Py_ssize_t start;
+
     switch (op) {
-    case 0x80: /* PROTO */
+    case 0x80:
         vm->op = "PROTO";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
-        if (vm->op_at != 0 || *p > 2) {
-            return upk_fail(vm, "only protocol 2 (first opcode) is accepted");
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
+        if (vm->op_at != 0 || *p > 2) return upk_fail(vm, kUpkProtocolError);
         return 0;
-    case '.': /* STOP */
+    case '.':
         vm->op = "STOP";
         return 1;
-    case 'c':
-        vm->op = "GLOBAL";
-        return upk_global(vm);
-    case 'R':
-        vm->op = "REDUCE";
-        return upk_reduce(vm, 0);
-    case 0x81:
-        vm->op = "NEWOBJ";
-        return upk_reduce(vm, 1);
-    case 'b':
-        vm->op = "BUILD";
-        return upk_build(vm);
     case '(':
         vm->op = "MARK";
         if (vm->nmarks == vm->marks_cap) {
@@ -475,185 +320,159 @@ static int upk_step(upk_vm *vm)
         }
         vm->marks[vm->nmarks++] = vm->sp;
         return 0;
-    case ')':
-        vm->op = "EMPTY_TUPLE";
-        return upk_push(vm, PyTuple_New(0));
     case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
         static const char *names[] = {"TUPLE1", "TUPLE2", "TUPLE3"};
         size_t n = (size_t)(op - 0x84);
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
         vm->op = names[n - 1];
-        if (vm->sp < floor + n) {
-            return upk_fail(vm, "not enough items on the stack");
-        }
+        if (vm->sp < floor + n) return upk_fail(vm, kUpkShortStackError);
         return upk_push(vm, upk_tuple_from(vm, vm->sp - n));
     }
-    case 't': {
+    case 't':
         vm->op = "TUPLE";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_push(vm, upk_tuple_from(vm, (size_t)start));
-    }
-    case ']':
-        vm->op = "EMPTY_LIST";
-        return upk_push(vm, PyList_New(0));
-    case '}':
-        vm->op = "EMPTY_DICT";
-        return upk_push(vm, PyDict_New());
-    case 0x8f:
-        vm->op = "EMPTY_SET";
-        return upk_push(vm, PySet_New(NULL));
-    case 'a': {
+    case 'a':
         vm->op = "APPEND";
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
-        if (vm->sp < floor + 2) {
-            return upk_fail(vm, "needs a list and an item");
-        }
+        if (vm->sp < floor + 2) return upk_fail(vm, kUpkAppendError);
         return upk_appends(vm, (Py_ssize_t)vm->sp - 1);
-    }
-    case 'e': {
+    case 'e':
         vm->op = "APPENDS";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_appends(vm, start);
-    }
-    case 's': {
+    case 's':
         vm->op = "SETITEM";
-        size_t floor = vm->nmarks ? vm->marks[vm->nmarks - 1] : 0;
-        if (vm->sp < floor + 3) {
-            return upk_fail(vm, "needs a dict, a key and a value");
-        }
+        if (vm->sp < floor + 3) return upk_fail(vm, kUpkSetitemError);
         return upk_setitems(vm, (Py_ssize_t)vm->sp - 2);
-    }
-    case 'u': {
+    case 'u':
         vm->op = "SETITEMS";
-        Py_ssize_t start = upk_pop_mark(vm);
+        start = upk_pop_mark(vm);
         return start < 0 ? -1 : upk_setitems(vm, start);
+    default:
+        return UPK_NOT_MINE;
     }
+}
+
+/* Constants: empty containers, None, True, False, ints and floats. */
+static int upk_load_constant(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+    double d;
+
+    switch (op) {
+    case ')': vm->op = "EMPTY_TUPLE"; return upk_push(vm, PyTuple_New(0));
+    case ']': vm->op = "EMPTY_LIST"; return upk_push(vm, PyList_New(0));
+    case '}': vm->op = "EMPTY_DICT"; return upk_push(vm, PyDict_New());
+    case 0x8f: vm->op = "EMPTY_SET"; return upk_push(vm, PySet_New(NULL));
+    case 'N': vm->op = "NONE"; return upk_push(vm, Py_NewRef(Py_None));
+    case 0x88: vm->op = "NEWTRUE"; return upk_push(vm, Py_NewRef(Py_True));
+    case 0x89: vm->op = "NEWFALSE"; return upk_push(vm, Py_NewRef(Py_False));
     case 'J':
         vm->op = "BININT";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_push(vm, PyLong_FromLong((long)(int32_t)((uint32_t)p[0] | ((uint32_t)p[1] << 8) |
-                                                            ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24))));
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_push(vm, PyLong_FromLong((long)(int32_t)nx_le32(p)));
     case 'K':
         vm->op = "BININT1";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_push(vm, PyLong_FromLong(p[0]));
     case 'M':
         vm->op = "BININT2";
-        if ((p = upk_read(vm, 2)) == NULL) {
-            return -1;
-        }
-        return upk_push(vm, PyLong_FromLong(p[0] | (p[1] << 8)));
+        if ((p = upk_read(vm, 2)) == NULL) return -1;
+        return upk_push(vm, PyLong_FromLong(nx_le16(p)));
     case 0x8a:
         vm->op = "LONG1";
-        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) return -1;
         return upk_push(vm, upk_long(p, vm->data[vm->op_at + 1]));
-    case 'G': {
+    case 'G':
         vm->op = "BINFLOAT";
-        if ((p = upk_read(vm, 8)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 8)) == NULL) return -1;
 #if PY_VERSION_HEX >= 0x030B0000
-        double d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
+        d = PyFloat_Unpack8((const char *)p, 0); /* big-endian */
 #else
-        double d = _PyFloat_Unpack8(p, 0);
+        d = _PyFloat_Unpack8(p, 0);
 #endif
-        if (d == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
+        if (d == -1.0 && PyErr_Occurred()) return -1;
         return upk_push(vm, PyFloat_FromDouble(d));
+    default:
+        return UPK_NOT_MINE;
     }
-    case 'X': {
+}
+
+/* BINUNICODE and SHORT_BINSTRING (torch.load decodes protocol-2 byte strings as UTF-8). */
+static int upk_load_string(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+    uint64_t n;
+    PyObject *s;
+
+    if (op == 'X') {
         vm->op = "BINUNICODE";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        uint64_t n = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 24);
-        /* The declared length is checked against the remaining bytes before anything is allocated. */
-        if ((p = upk_read(vm, n)) == NULL) {
-            return -1;
-        }
-        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogatepass");
-        if (s == NULL) {
-            return upk_fail_from_python(vm, "string is not UTF-8");
-        }
-        return upk_push(vm, s);
-    }
-    case 'U': {
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        n = nx_le32(p);
+    } else if (op == 'U') {
         vm->op = "SHORT_BINSTRING";
-        if ((p = upk_read(vm, 1)) == NULL || (p = upk_read(vm, p[0])) == NULL) {
-            return -1;
-        }
-        /* torch.load decodes protocol-2 byte strings with encoding='utf-8' */
-        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, vm->data[vm->op_at + 1], "strict");
-        if (s == NULL) {
-            return upk_fail_from_python(vm, "string is not UTF-8");
-        }
-        return upk_push(vm, s);
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
+        n = p[0];
+    } else {
+        return UPK_NOT_MINE;
     }
+    /* The declared length is checked against the remaining bytes before anything is allocated. */
+    if ((p = upk_read(vm, n)) == NULL) return -1;
+    s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, op == 'X' ? "surrogatepass" : "strict");
+    if (s == NULL) return upk_fail_from_python(vm, kUpkUtf8Error);
+    return upk_push(vm, s);
+}
+
+/* BINGET, LONG_BINGET, BINPUT, LONG_BINPUT. */
+static int upk_load_memo(upk_vm *vm, uint8_t op)
+{
+    const uint8_t *p;
+
+    switch (op) {
     case 'h':
         vm->op = "BINGET";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_memo_get(vm, p[0]);
     case 'j':
         vm->op = "LONG_BINGET";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_memo_get(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
-                                    ((uint64_t)p[3] << 24));
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_memo_get(vm, nx_le32(p));
     case 'q':
         vm->op = "BINPUT";
-        if ((p = upk_read(vm, 1)) == NULL) {
-            return -1;
-        }
+        if ((p = upk_read(vm, 1)) == NULL) return -1;
         return upk_memo_put(vm, p[0]);
     case 'r':
         vm->op = "LONG_BINPUT";
-        if ((p = upk_read(vm, 4)) == NULL) {
-            return -1;
-        }
-        return upk_memo_put(vm, (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
-                                    ((uint64_t)p[3] << 24));
-    case 'Q': {
-        vm->op = "BINPERSID";
-        PyObject *pid = upk_pop(vm);
-        if (pid == NULL) {
-            return -1;
-        }
-        if (!PyTuple_CheckExact(pid)) {
-            Py_DECREF(pid);
-            return upk_fail(vm, "persistent id is not a tuple");
-        }
-        nx_lazy *z = nx_lazy_new(vm->st, NX_LAZY_PERSID);
-        if (z == NULL) {
-            Py_DECREF(pid);
-            return -1;
-        }
-        z->args = pid;
-        return upk_push(vm, (PyObject *)z);
-    }
-    case 'N':
-        vm->op = "NONE";
-        return upk_push(vm, Py_NewRef(Py_None));
-    case 0x88:
-        vm->op = "NEWTRUE";
-        return upk_push(vm, Py_NewRef(Py_True));
-    case 0x89:
-        vm->op = "NEWFALSE";
-        return upk_push(vm, Py_NewRef(Py_False));
+        if ((p = upk_read(vm, 4)) == NULL) return -1;
+        return upk_memo_put(vm, nx_le32(p));
     default:
-        PyErr_Format(vm->st->CheckpointError, kUpkUnknownOpcode, vm->path, vm->entry,
-                     (unsigned long long)vm->op_at, (unsigned)op, upk_opcode_name(op));
+        return UPK_NOT_MINE;
+    }
+}
+
+/* One opcode. Returns 1 at STOP, 0 to continue, -1 on error. */
+static int upk_step(upk_vm *vm)
+{
+    static int (*const families[])(upk_vm *, uint8_t) = {
+        upk_load_structure, upk_load_constant, upk_load_string, upk_load_memo, upo_load_object,
+    };
+    const uint8_t *p;
+    uint8_t op;
+
+    vm->op_at = vm->pos;
+    vm->op = "?";
+    if ((p = upk_read(vm, 1)) == NULL) {
         return -1;
     }
+    op = *p;
+    for (size_t i = 0; i < NX_COUNT(families); i++) {
+        int rc = families[i](vm, op);
+        if (rc != UPK_NOT_MINE) {
+            return rc;
+        }
+    }
+    PyErr_Format(vm->st->CheckpointError, kUpkUnknownOpcode, vm->path, vm->entry,
+                 (unsigned long long)vm->op_at, (unsigned)op, upk_opcode_name(op));
+    return -1;
 }
 
 PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uint8_t *data,
@@ -674,17 +493,6 @@ PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uin
     if (vm.build_states == NULL) {
         goto bail;
     }
-    if (st->ordered_dict_type == NULL) {
-        PyObject *collections = PyImport_ImportModule("collections");
-        if (collections == NULL) {
-            goto bail;
-        }
-        st->ordered_dict_type = PyObject_GetAttrString(collections, "OrderedDict");
-        Py_DECREF(collections);
-        if (st->ordered_dict_type == NULL) {
-            goto bail;
-        }
-    }
     vm.ordered_dict = st->ordered_dict_type;
     while (rc == 0) {
         if (vm.pos >= vm.len) {
@@ -697,11 +505,11 @@ PyObject *nx_unpickle(nx_state *st, PyObject *path, const char *entry, const uin
         goto bail;
     }
     if (vm.sp != 1 || vm.nmarks != 0) {
-        upk_fail(&vm, "STOP with a stack other than exactly one object");
+        upk_fail(&vm, kUpkStopStackError);
         goto bail;
     }
     if (vm.pos != vm.len) {
-        upk_fail(&vm, "bytes follow STOP");
+        upk_fail(&vm, kUpkTrailingError);
         goto bail;
     }
     result = vm.stack[--vm.sp];

@@ -24,7 +24,7 @@ BUILD_DIR = os.environ.get("NNUNET_EXPORT_FUZZ_BUILD", os.path.join(REPO, "build
 PLANS_SEPARATOR = b"\n\x00--dataset.json--\x00\n"
 PLANS_CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres", "3d_cascade_fullres", "3d_fullres_bs4", "x")
 
-# Element sizes of the dtype names the C core hands to the factory (csrc/unpickler.c nx_dtypes).
+# Element sizes of the dtype names the C core hands to the factory (csrc/pickle_globals.c nx_dtypes).
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
     "int8": 1, "uint8": 1, "bool": 1, "complex128": 16, "complex64": 8, "complex32": 4,

@@ -1,4 +1,5 @@
-"""Fuzz target: the pickle VM and materialisation (csrc/unpickler.c, materialize.c, checkpoint.c).
+"""Fuzz target: the pickle VM and materialisation (csrc/unpickler.c, unpickler_objects.c, materialize.c,
+tensor_rebuild.c, checkpoint.c).
 
 Input: the bytes of data.pkl. Each execution packs them with Python's zipfile into a fixed, valid
 torch.save-like archive (correct CRCs, so verify_crc stays on) whose other entries -- byteorder,

@@ -20,4 +20,5 @@ def bind() -> bool:
     return False
 
 
-STABLE_ABI_BOUND = bind()
+# Once, at import; without the stable ABI the C core asks torch.get_num_threads() instead.
+bind()

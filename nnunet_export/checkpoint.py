@@ -17,13 +17,7 @@ from . import _core
 __all__ = ["read_checkpoint", "DEFAULT_KEYS"]
 
 #: Keys returned when ``keys`` is None. ``init_args`` comes without ``plans`` / ``dataset_json``.
-DEFAULT_KEYS = (
-    "network_weights",
-    "trainer_name",
-    "init_args",
-    "inference_allowed_mirroring_axes",
-    "current_epoch",
-)
+DEFAULT_KEYS = _core.DEFAULT_CHECKPOINT_KEYS
 
 
 def _factory(kind: str, *args: Any) -> Any:
@@ -101,17 +95,11 @@ def read_checkpoint(
             storage, tensor outside its storage. The message names the file and the place.
         nnunet_export.UnsafeCheckpointError: a requested key needs a global outside the
             allowlist (the message names it and the key path); nothing was constructed.
+        TypeError: ``keys`` is a single str or holds something other than str.
+        ValueError: ``threads`` is not None or an int >= 1.
 
     Example:
         >>> ckpt = read_checkpoint("fold_0/checkpoint_final.pth")  # doctest: +SKIP
         >>> net.load_state_dict(ckpt["network_weights"])  # doctest: +SKIP
     """
-    if isinstance(keys, str):
-        raise TypeError("keys must be a list or tuple of str, not a single str")
-    if keys is not None and not isinstance(keys, (list, tuple)):
-        keys = list(keys)
-    if threads is None:
-        threads = torch.get_num_threads()
-    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     return _core.read_checkpoint(os.fspath(path), keys, bool(verify_crc), _factory, bool(copy), threads)

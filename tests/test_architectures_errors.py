@@ -33,8 +33,8 @@ def test_unsupported_architecture_error_is_an_export_error():
 def test_unknown_network_class():
     with _raises(
         UnsupportedArchitectureError,
-        "network_class_name 'dynamic_network_architectures.architectures.unet.ResidualUNet' is not supported; "
-        "allowed: dynamic_network_architectures.architectures.unet.PlainConvUNet, "
+        "arch_kwargs: network_class_name: \"dynamic_network_architectures.architectures.unet.ResidualUNet\" "
+        "is not supported; allowed: dynamic_network_architectures.architectures.unet.PlainConvUNet, "
         "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet, "
         "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet, "
         "PlainConvUNet, ResidualEncoderUNet",
@@ -46,7 +46,7 @@ def test_unknown_op_name_is_never_imported():
     assert "antigravity" not in sys.modules
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['conv_op'] = 'antigravity.Conv2d' is not supported; allowed: "
+        "arch_kwargs: conv_op: \"antigravity.Conv2d\" is not supported; allowed: "
         "torch.nn.modules.conv.Conv1d, torch.nn.modules.conv.Conv2d, torch.nn.modules.conv.Conv3d",
     ):
         _build(dict(PLAIN_KW, conv_op="antigravity.Conv2d"))
@@ -56,10 +56,10 @@ def test_unknown_op_name_is_never_imported():
 def test_unknown_nonlin_lists_the_allowed_ones():
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['nonlin'] = 'torch.nn.Tanh' is not supported; allowed: "
+        "arch_kwargs: nonlin: \"torch.nn.Tanh\" is not supported; allowed: "
         "torch.nn.modules.activation.LeakyReLU, torch.nn.modules.activation.ReLU, "
         "torch.nn.modules.activation.ELU, torch.nn.modules.activation.GELU, "
-        "torch.nn.modules.activation.PReLU, torch.nn.modules.activation.SiLU, None",
+        "torch.nn.modules.activation.PReLU, torch.nn.modules.activation.SiLU, null",
     ):
         _build(dict(PLAIN_KW, nonlin="torch.nn.Tanh"))
 
@@ -67,8 +67,8 @@ def test_unknown_nonlin_lists_the_allowed_ones():
 def test_norm_of_other_dimension():
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['norm_op'] = 'torch.nn.modules.instancenorm.InstanceNorm3d' is 3d but conv_op "
-        "'torch.nn.modules.conv.Conv2d' is 2d",
+        "arch_kwargs: norm_op: \"torch.nn.modules.instancenorm.InstanceNorm3d\" is 3d, but conv_op "
+        "\"torch.nn.modules.conv.Conv2d\" is 2d",
     ):
         _build(dict(PLAIN_KW, norm_op="torch.nn.modules.instancenorm.InstanceNorm3d"))
 
@@ -76,25 +76,25 @@ def test_norm_of_other_dimension():
 def test_op_keyword_outside_allowlist():
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['norm_op_kwargs'] has keyword 'device', which InstanceNorm2d does not accept here; "
+        "arch_kwargs: norm_op_kwargs.device: is not a keyword InstanceNorm2d accepts here; "
         "allowed: eps, momentum, affine, track_running_stats",
     ):
         _build(dict(PLAIN_KW, norm_op_kwargs={"eps": 1e-5, "device": "cuda"}))
 
 
 def test_op_keyword_of_wrong_type():
-    with _raises(PlansError, "arch_kwargs['nonlin_kwargs']['inplace'] must be true or false, got 'yes'"):
+    with _raises(PlansError, "arch_kwargs: nonlin_kwargs.inplace: expected a boolean, found \"yes\""):
         _build(dict(PLAIN_KW, nonlin_kwargs={"inplace": "yes"}))
-    with _raises(PlansError, "arch_kwargs['dropout_op_kwargs']['p'] must be a number in [0, 1], got 1.5"):
+    with _raises(PlansError, "arch_kwargs: dropout_op_kwargs.p: expected a number in [0, 1], found 1.5"):
         _build(dict(PLAIN_KW, dropout_op="torch.nn.Dropout2d", dropout_op_kwargs={"p": 1.5}))
-    with _raises(PlansError, "arch_kwargs['norm_op_kwargs'] must be a dict of keyword arguments or None, got [1e-05]"):
+    with _raises(PlansError, "arch_kwargs: norm_op_kwargs: expected an object or null, found a list"):
         _build(dict(PLAIN_KW, norm_op_kwargs=[1e-5]))
 
 
 def test_unknown_block():
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['block'] = 'mypkg.MyBlock' is not supported; allowed: "
+        "arch_kwargs: block: \"mypkg.MyBlock\" is not supported; allowed: "
         "dynamic_network_architectures.building_blocks.residual.BasicBlockD, "
         "dynamic_network_architectures.building_blocks.residual.BottleneckD",
     ):
@@ -104,7 +104,7 @@ def test_unknown_block():
 def test_keyword_of_the_other_architecture():
     with _raises(
         UnsupportedArchitectureError,
-        "arch_kwargs['nonlin_first'] is not an argument of ResidualEncoderUNet; allowed: n_stages, "
+        "arch_kwargs: nonlin_first: is not an argument of ResidualEncoderUNet; allowed: n_stages, "
         "features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage_decoder, n_blocks_per_stage, "
         "conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, "
         "deep_supervision, block, bottleneck_channels, stem_channels",
@@ -115,33 +115,36 @@ def test_keyword_of_the_other_architecture():
 def test_missing_keyword():
     kw = dict(PLAIN_KW)
     del kw["n_conv_per_stage"]
-    with _raises(PlansError, "arch_kwargs['n_conv_per_stage'] is missing; PlainConvUNet requires it"):
+    with _raises(PlansError, "arch_kwargs: n_conv_per_stage: missing required key"):
         _build(kw)
     kw = dict(RESENC_KW, block="dynamic_network_architectures.building_blocks.residual.BottleneckD")
-    with _raises(PlansError, "arch_kwargs['bottleneck_channels'] is missing; BottleneckD requires it"):
+    with _raises(PlansError, "arch_kwargs: bottleneck_channels: missing required key (block BottleneckD needs it)"):
         _build(kw, RESENC)
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"n_stages": 1}, "arch_kwargs['n_stages'] must be an integer >= 2, got 1"),
-        ({"n_stages": "4"}, "arch_kwargs['n_stages'] must be an integer >= 2, got '4'"),
+        ({"n_stages": 1}, "arch_kwargs: n_stages: expected an integer from 2 to 1000, found 1"),
+        ({"n_stages": "4"}, "arch_kwargs: n_stages: expected an integer, found a string"),
         ({"features_per_stage": [4, 8, 16]},
-         "arch_kwargs['features_per_stage'] must be an integer or a list of 4 entries (one per stage), "
-         "got [4, 8, 16]"),
+         "arch_kwargs: features_per_stage: expected 4 entries (n_stages), found 3"),
         ({"features_per_stage": [4, 8, 16.0, 32]},
-         "arch_kwargs['features_per_stage'][2] must be an integer >= 1, got 16.0"),
+         "arch_kwargs: features_per_stage[2]: expected an integer, found 16.0"),
         ({"n_conv_per_stage_decoder": [2, 2, 2, 2]},
-         "arch_kwargs['n_conv_per_stage_decoder'] must be an integer or a list of 3 entries "
-         "(one per stage except the first), got [2, 2, 2, 2]"),
+         "arch_kwargs: n_conv_per_stage_decoder: expected 3 entries (n_stages - 1), found 4"),
         ({"kernel_sizes": [[3, 3], [3, 3], [3, 3, 3], [3, 3]]},
-         "arch_kwargs['kernel_sizes'][2] (or a list of 2 such) must be an integer >= 1, got [3, 3, 3]"),
+         "arch_kwargs: kernel_sizes[2]: expected 2 entries (one per conv_op axis), found 3"),
         ({"strides": [[1, 1], [2, 2], [2, 0], [2, 2]]},
-         "arch_kwargs['strides'][2][1] must be an integer >= 1, got 0"),
-        ({"conv_bias": 1}, "arch_kwargs['conv_bias'] must be true or false, got 1"),
-        ({"n_conv_per_stage": True}, "arch_kwargs['n_conv_per_stage'] must be an integer or a list of 4 "
-         "entries (one per stage), got True"),
+         "arch_kwargs: strides[2][1]: expected an integer from 1 to 2147483647, found 0"),
+        ({"conv_bias": 1}, "arch_kwargs: conv_bias: expected a boolean or null, found 1"),
+        ({"n_conv_per_stage": True}, "arch_kwargs: n_conv_per_stage: expected a list or an integer, "
+         "found a boolean"),
+        ({"nonlin_kwargs": {"negative_slope": float("nan")}},
+         "value at arch_kwargs['nonlin_kwargs']['negative_slope'] is nan: JSON has no NaN or infinity"),
+        ({"nonlin": "torch.nn.GELU", "nonlin_kwargs": {"approximate": "erf"}},
+         "arch_kwargs: nonlin_kwargs.approximate: expected \"none\" or \"tanh\", found \"erf\""),
+        ({"norm_op_kwargs": {"eps": 0}}, "arch_kwargs: norm_op_kwargs.eps: expected a positive number, found 0"),
     ],
 )
 def test_malformed_values(override, message):
@@ -150,7 +153,7 @@ def test_malformed_values(override, message):
 
 
 def test_arch_kwargs_not_a_dict():
-    with _raises(PlansError, "arch_kwargs must be a dict, got list"):
+    with _raises(TypeError, "arch_kwargs must be a dict or a bytes-like JSON document, got list"):
         _build([("n_stages", 4)])
 
 

@@ -9,31 +9,26 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from .. import _core
 from .._core import PlansError
-from .blocks import BasicBlockD, BottleneckD
+from .blocks import BasicBlockD
 from .errors import UnsupportedArchitectureError
-from .ops import CONV_OPS, DROPOUT_OPS, NONLINS, NORM_OPS, conv_dim, resolve_block, resolve_op, validate_op_kwargs
+from .ops import CONV_DIMS, to_class, to_name
 from .plain_unet import PlainConvUNet
 from .residual_unet import ResidualEncoderUNet
 
 __all__ = ["BuiltNetwork", "NATIVE_BUILDER", "NETWORK_CLASS_NAMES", "build_for_checkpoint", "build_network"]
 
-kUnsupportedClassError = "network_class_name {name!r} is not supported; allowed: {allowed}"
-kUnknownKwargError = "arch_kwargs[{key!r}] is not an argument of {cls}; allowed: {allowed}"
-kMissingKwargError = "arch_kwargs[{key!r}] is missing; {cls} requires it"
 kNotIntError = "{what} must be an integer >= {minimum}, got {value!r}"
-kNotBoolError = "arch_kwargs[{key!r}] must be true or false, got {value!r}"
-kBadLengthError = "arch_kwargs[{key!r}] must be an integer or a list of {n} entries ({per}), got {value!r}"
-kDimMismatchError = "arch_kwargs['norm_op'] = {norm!r} is {norm_dim}d but conv_op {conv!r} is {conv_dim}d"
 _DNA_ARCH = "dynamic_network_architectures.architectures"
 # Full names as nnU-Net writes them, plus the legacy `residual_unet` path that nnU-Net's old-plans
 # conversion still emits (nnU-Net recovers it by searching dna for the bare class name) and the
-# bare names themselves.
+# bare names themselves. The C core accepts exactly these (check_arch_kwargs).
 NETWORK_CLASS_NAMES: Dict[str, type] = {
     f"{_DNA_ARCH}.unet.PlainConvUNet": PlainConvUNet,
     f"{_DNA_ARCH}.unet.ResidualEncoderUNet": ResidualEncoderUNet,
@@ -42,122 +37,58 @@ NETWORK_CLASS_NAMES: Dict[str, type] = {
     "ResidualEncoderUNet": ResidualEncoderUNet,
 }
 
-_COMMON_REQUIRED = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder")
-_COMMON_OPTIONAL = (
-    "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs",
-    "nonlin", "nonlin_kwargs", "deep_supervision",
-)
-_REQUIRED = {
-    PlainConvUNet: _COMMON_REQUIRED + ("n_conv_per_stage",),
-    ResidualEncoderUNet: _COMMON_REQUIRED + ("n_blocks_per_stage",),
-}
-_OPTIONAL = {
-    PlainConvUNet: _COMMON_OPTIONAL + ("nonlin_first",),
-    ResidualEncoderUNet: _COMMON_OPTIONAL + ("block", "bottleneck_channels", "stem_channels"),
-}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _check_int(what: str, v: Any, minimum: int) -> int:
-    if not _is_int(v) or v < minimum:
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
         raise PlansError(kNotIntError.format(what=what, minimum=minimum, value=v))
     return v
 
 
-def _check_bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise PlansError(kNotBoolError.format(key=key, value=v))
-    return v
+def _per_stage(v: Any, n: int) -> List[int]:
+    """int -> [v] * n; a list of n ints -> a copy (dna's rule for features, convs, blocks)."""
+    return [v] * n if isinstance(v, int) else list(v)
 
 
-def _per_stage(key: str, v: Any, n: int, per: str, minimum: int) -> List[int]:
-    """int -> [v] * n; list/tuple of n ints -> list. dna's rule for features, convs, blocks."""
-    if _is_int(v):
-        return [_check_int(f"arch_kwargs[{key!r}]", v, minimum)] * n
-    if not isinstance(v, (list, tuple)) or len(v) != n:
-        raise PlansError(kBadLengthError.format(key=key, n=n, per=per, value=v))
-    return [_check_int(f"arch_kwargs[{key!r}][{i}]", e, minimum) for i, e in enumerate(v)]
+def _per_stage_axes(v: Any, n: int, dim: int) -> List[List[int]]:
+    """Kernel sizes / strides: an int, or n entries each an int or a list of ``dim`` ints."""
+    entries = [v] * n if isinstance(v, int) else v
+    return [[e] * dim if isinstance(e, int) else list(e) for e in entries]
 
 
-def _per_stage_axes(key: str, v: Any, n: int, dim: int) -> List[List[int]]:
-    """Kernel sizes / strides: int, or n entries each an int or a list of ``dim`` ints."""
-    entries = [v] * n if _is_int(v) else v
-    if not isinstance(entries, (list, tuple)) or len(entries) != n:
-        raise PlansError(kBadLengthError.format(key=key, n=n, per="one per stage", value=v))
-    out: List[List[int]] = []
-    for i, e in enumerate(entries):
-        if _is_int(e):
-            out.append([_check_int(f"arch_kwargs[{key!r}][{i}]", e, 1)] * dim)
-        elif isinstance(e, (list, tuple)) and len(e) == dim:
-            out.append([_check_int(f"arch_kwargs[{key!r}][{i}][{j}]", a, 1) for j, a in enumerate(e)])
-        else:
-            raise PlansError(
-                kNotIntError.format(what=f"arch_kwargs[{key!r}][{i}] (or a list of {dim} such)", minimum=1, value=e)
-            )
-    return out
+def _op_kwargs(op: Optional[type], kwargs: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    # Without the op, dna ignores its kwargs.
+    return {} if op is None or kwargs is None else dict(kwargs)
 
 
-def _normalise(cls: type, arch_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-    """Validate plans' arch_kwargs for ``cls`` and return constructor arguments (lists, classes)."""
-    if not isinstance(arch_kwargs, Mapping):
-        raise PlansError(f"arch_kwargs must be a dict, got {type(arch_kwargs).__name__}")
-    required, optional = _REQUIRED[cls], _OPTIONAL[cls]
-    for key in arch_kwargs:
-        if key not in required and key not in optional:
-            raise UnsupportedArchitectureError(
-                kUnknownKwargError.format(key=key, cls=cls.__name__, allowed=", ".join(required + optional))
-            )
-    for key in required:
-        if key not in arch_kwargs:
-            raise PlansError(kMissingKwargError.format(key=key, cls=cls.__name__))
-    kw = arch_kwargs
-
-    n = _check_int("arch_kwargs['n_stages']", kw["n_stages"], 2)
-    conv_op = resolve_op("conv_op", kw["conv_op"], CONV_OPS, allow_none=False)
-    dim = conv_dim(conv_op)
-    norm_op = resolve_op("norm_op", kw.get("norm_op"), NORM_OPS, allow_none=True)
-    if norm_op is not None and NORM_OPS[norm_op] != dim:
-        raise UnsupportedArchitectureError(
-            kDimMismatchError.format(norm=kw["norm_op"], norm_dim=NORM_OPS[norm_op], conv=kw["conv_op"], conv_dim=dim)
-        )
-    dropout_op = resolve_op("dropout_op", kw.get("dropout_op"), DROPOUT_OPS, allow_none=True)
-    nonlin = resolve_op("nonlin", kw.get("nonlin"), NONLINS, allow_none=True)
+def _constructor_kwargs(cls: type, kw: Mapping[str, Any]) -> Dict[str, Any]:
+    """Constructor arguments (lists, classes) of arch_kwargs that _core.check_arch_kwargs passed."""
+    n = kw["n_stages"]
+    conv_op = to_class(kw["conv_op"])
+    dim = CONV_DIMS[conv_op]
+    norm_op, dropout_op, nonlin = (to_class(kw.get(k)) for k in ("norm_op", "dropout_op", "nonlin"))
     out: Dict[str, Any] = dict(
-        features_per_stage=_per_stage("features_per_stage", kw["features_per_stage"], n, "one per stage", 1),
+        features_per_stage=_per_stage(kw["features_per_stage"], n),
         conv_op=conv_op,
-        kernel_sizes=_per_stage_axes("kernel_sizes", kw["kernel_sizes"], n, dim),
-        strides=_per_stage_axes("strides", kw["strides"], n, dim),
-        n_conv_per_stage_decoder=_per_stage(
-            "n_conv_per_stage_decoder", kw["n_conv_per_stage_decoder"], n - 1, "one per stage except the first", 1
-        ),
-        conv_bias=_check_bool("conv_bias", kw.get("conv_bias", False)),
+        kernel_sizes=_per_stage_axes(kw["kernel_sizes"], n, dim),
+        strides=_per_stage_axes(kw["strides"], n, dim),
+        n_conv_per_stage_decoder=_per_stage(kw["n_conv_per_stage_decoder"], n - 1),
+        conv_bias=kw.get("conv_bias") is True,  # null means the constructor's default, False
         norm_op=norm_op,
-        norm_op_kwargs=validate_op_kwargs("norm_op_kwargs", norm_op, kw.get("norm_op_kwargs")),
+        norm_op_kwargs=_op_kwargs(norm_op, kw.get("norm_op_kwargs")),
         dropout_op=dropout_op,
-        dropout_op_kwargs=validate_op_kwargs("dropout_op_kwargs", dropout_op, kw.get("dropout_op_kwargs")),
+        dropout_op_kwargs=_op_kwargs(dropout_op, kw.get("dropout_op_kwargs")),
         nonlin=nonlin,
-        nonlin_kwargs=validate_op_kwargs("nonlin_kwargs", nonlin, kw.get("nonlin_kwargs")),
+        nonlin_kwargs=_op_kwargs(nonlin, kw.get("nonlin_kwargs")),
     )
-    if "deep_supervision" in kw:
-        _check_bool("deep_supervision", kw["deep_supervision"])
     if cls is PlainConvUNet:
-        out["n_conv_per_stage"] = _per_stage("n_conv_per_stage", kw["n_conv_per_stage"], n, "one per stage", 1)
-        out["nonlin_first"] = _check_bool("nonlin_first", kw.get("nonlin_first", False))
+        out["n_conv_per_stage"] = _per_stage(kw["n_conv_per_stage"], n)
+        out["nonlin_first"] = kw.get("nonlin_first") is True
     else:
-        out["n_blocks_per_stage"] = _per_stage("n_blocks_per_stage", kw["n_blocks_per_stage"], n, "one per stage", 1)
-        block = resolve_block(kw.get("block", BasicBlockD))
-        out["block"] = block
+        out["n_blocks_per_stage"] = _per_stage(kw["n_blocks_per_stage"], n)
+        out["block"] = to_class(kw["block"]) if kw.get("block") is not None else BasicBlockD
         bottleneck = kw.get("bottleneck_channels")
-        if bottleneck is not None:
-            bottleneck = _per_stage("bottleneck_channels", bottleneck, n, "one per stage", 1)
-        elif block is BottleneckD:
-            raise PlansError(kMissingKwargError.format(key="bottleneck_channels", cls="BottleneckD"))
-        out["bottleneck_channels"] = bottleneck
-        stem = kw.get("stem_channels")
-        out["stem_channels"] = None if stem is None else _check_int("arch_kwargs['stem_channels']", stem, 1)
+        out["bottleneck_channels"] = None if bottleneck is None else _per_stage(bottleneck, n)
+        out["stem_channels"] = kw.get("stem_channels")
     return out
 
 
@@ -197,7 +128,9 @@ def build_network(
 
     Raises:
         UnsupportedArchitectureError: unknown class name, op, block or keyword.
-        PlansError: a required keyword is missing or a value has the wrong type, range or length.
+        PlansError: a required keyword is missing or a value has the wrong type, range or length
+            (the message names ``arch_kwargs`` and the key path).
+        TypeError: ``arch_kwargs`` is not a dict.
 
     Example:
         >>> net = build_network("dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -210,15 +143,14 @@ def build_network(
         >>> sorted(net.state_dict())[0]
         'decoder.encoder.stages.0.0.convs.0.all_modules.0.bias'
     """
-    if isinstance(network_class_name, type) and network_class_name in (PlainConvUNet, ResidualEncoderUNet):
-        cls = network_class_name
-    elif isinstance(network_class_name, str) and network_class_name in NETWORK_CLASS_NAMES:
-        cls = NETWORK_CLASS_NAMES[network_class_name]
-    else:
-        raise UnsupportedArchitectureError(
-            kUnsupportedClassError.format(name=network_class_name, allowed=", ".join(NETWORK_CLASS_NAMES))
-        )
-    kwargs = _normalise(cls, arch_kwargs)
+    if network_class_name in (PlainConvUNet, ResidualEncoderUNet):
+        network_class_name = network_class_name.__name__
+    if isinstance(arch_kwargs, Mapping):  # classes as the names plans.json would hold
+        arch_kwargs = {key: to_name(value) for key, value in arch_kwargs.items()}
+    # Every rule lives in the C core; its messages name the key path.
+    _core.check_arch_kwargs(str(to_name(network_class_name)), arch_kwargs)
+    cls = NETWORK_CLASS_NAMES[network_class_name]
+    kwargs = _constructor_kwargs(cls, arch_kwargs)
     _check_int("input_channels", input_channels, 1)
     _check_int("output_channels", output_channels, 1)
     if not isinstance(deep_supervision, bool):

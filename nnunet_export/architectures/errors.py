@@ -1,12 +1,8 @@
-"""Errors raised while building a network from plans."""
-from .._core import ExportError
+"""Errors raised while building a network from plans.
+
+UnsupportedArchitectureError is defined by the C core, which checks arch_kwargs against the
+allowlist (``_core.check_arch_kwargs``); it is re-exported here.
+"""
+from .._core import UnsupportedArchitectureError
 
 __all__ = ["UnsupportedArchitectureError"]
-
-
-class UnsupportedArchitectureError(ExportError):
-    """The plans name a network class, layer type or keyword this package does not build.
-
-    Raised instead of importing whatever the plans name: plans.json comes from strangers, so
-    only an explicit allowlist of torch classes is ever instantiated.
-    """
