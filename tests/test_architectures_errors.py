@@ -168,26 +168,28 @@ def test_load_weights_missing_and_unexpected_keys():
     net, sd = _small_net()
     del sd["decoder.seg_layers.0.bias"]
     with _raises(WeightsMismatchError,
-                 "state dict does not fit the network: 1 missing key(s), e.g. 'decoder.seg_layers.0.bias'"):
+                 "the weights in the state dict do not fit the network: 1 missing keys: decoder.seg_layers.0.bias"):
         load_weights(net, sd)
     net, sd = _small_net()
     sd["extra.weight"] = torch.zeros(1)
     with _raises(WeightsMismatchError,
-                 "state dict does not fit the network: 1 unexpected key(s), e.g. 'extra.weight'"):
+                 "the weights in the state dict do not fit the network: 1 unexpected keys: extra.weight"):
         load_weights(net, sd)
     # a compiled network's prefixed keys are not stripped here: all keys are reported missing
     net, sd = _small_net()
     n = len(sd)
-    with pytest.raises(WeightsMismatchError, match=re.escape(f": {n} missing key(s), e.g. 'encoder.stages.0.0.")):
-        load_weights(net, {"_orig_mod." + k: v for k, v in sd.items()})
+    with pytest.raises(WeightsMismatchError) as info:
+        load_weights(net, {"_orig_mod." + k: v for k, v in sd.items()}, source="model.pth")
+    assert str(info.value).startswith(f"the weights in model.pth do not fit the network: {n} missing keys: ")
+    assert f"; {n} unexpected keys: _orig_mod." in str(info.value)
 
 
 def test_load_weights_shape_mismatch():
     net, sd = _small_net()
     sd["decoder.seg_layers.2.weight"] = torch.zeros(5, 4, 1, 1)
     with _raises(WeightsMismatchError,
-                 "state dict entry 'decoder.seg_layers.2.weight' has shape (5, 4, 1, 1), the network expects "
-                 "(3, 4, 1, 1)"):
+                 "the weights in the state dict do not fit the network: 1 keys with the wrong shape: "
+                 "decoder.seg_layers.2.weight has (5, 4, 1, 1), expected (3, 4, 1, 1)"):
         load_weights(net, sd)
 
 
@@ -196,7 +198,7 @@ def test_load_weights_refuses_inconsistent_aliases():
     key = "encoder.stages.1.0.convs.0.all_modules.0.weight"
     sd[key] = sd[key] + 1
     with _raises(WeightsMismatchError,
-                 "state dict entries 'encoder.stages.1.0.convs.0.conv.weight' and "
+                 "the weights in the state dict: entries 'encoder.stages.1.0.convs.0.conv.weight' and "
                  f"'{key}' name the same tensor in the network but hold different values"):
         load_weights(net, sd)
 
@@ -204,5 +206,6 @@ def test_load_weights_refuses_inconsistent_aliases():
 def test_load_weights_non_tensor_value():
     net, sd = _small_net()
     sd["decoder.seg_layers.0.bias"] = [0.0, 0.0, 0.0]
-    with _raises(WeightsMismatchError, "state dict entry 'decoder.seg_layers.0.bias' is a list, not a tensor"):
+    with _raises(WeightsMismatchError, "the weights in the state dict do not fit the network: 1 values that are "
+                                       "not tensors: decoder.seg_layers.0.bias is a list"):
         load_weights(net, sd)

@@ -171,7 +171,8 @@ def test_1000_random_bit_flips(tmp_path, original):
     for seed in range(1000):
         rng = random.Random(seed)
         outcomes[_flip_and_read(path, raw, rng.randrange(len(raw)), rng.randrange(8), reference)] += 1
-    assert outcomes["error"] > 0 and sum(outcomes.values()) == 1000
+    # Every flip is an error or an identical read (_flip_and_read asserts the latter); some must err.
+    assert outcomes["error"] > 0
 
 
 def test_bit_flips_in_structure_bytes(tmp_path, original):

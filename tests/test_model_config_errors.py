@@ -79,7 +79,12 @@ def test_missing_dataset_json(tmp_path):
 
 
 def test_missing_plans_json(tmp_path):
-    assert error_of(str(tmp_path)) == f"{tmp_path}: no plans.json here (nor one level up for a fold_X folder)"
+    # The one model-folder resolver (folds.resolve_model_dir) decides, as for load_complete.
+    with pytest.raises(nnunet_export.ModelFolderError) as info:
+        nnunet_export.read_model_config(str(tmp_path), "3d_fullres")
+    assert str(info.value) == (
+        f"{str(tmp_path)!r} is not an nnU-Net model folder: it has no plans.json (expected "
+        "<Trainer>__<Plans>__<configuration>/ with plans.json, dataset.json and fold_X/)")
 
 
 def test_directory_instead_of_file(tmp_path):
@@ -351,17 +356,14 @@ def test_no_configuration_and_no_checkpoint(tmp_path):
                                "2d, 3d_lowres, 3d_fullres, 3d_cascade_fullres)")
 
 
-def test_no_configuration_before_checkpoint_reader_exists(tmp_path, monkeypatch):
+def test_configuration_from_an_unreadable_checkpoint_names_it(tmp_path):
+    # Without configuration= the safe checkpoint reader supplies it; a broken file says so.
     model_dir = make(tmp_path)
     os.makedirs(os.path.join(model_dir, "fold_0"))
     open(os.path.join(model_dir, "fold_0", "checkpoint_final.pth"), "wb").close()
-    monkeypatch.delattr(nnunet_export, "read_checkpoint", raising=False)
-    with pytest.raises(PlansError) as info:
+    with pytest.raises(nnunet_export.CheckpointError) as info:
         nnunet_export.read_model_config(model_dir)
-    assert str(info.value) == (f"{model_dir}: no configuration given and this build cannot read "
-                               f"{model_dir}/fold_0/checkpoint_final.pth yet (nnunet_export.read_checkpoint is "
-                               "missing); pass configuration= (for example one of: 2d, 3d_lowres, 3d_fullres, "
-                               "3d_cascade_fullres)")
+    assert str(info.value) == f"checkpoint '{model_dir}/fold_0/checkpoint_final.pth': the file is empty (0 bytes)"
 
 
 # ---- robustness: damaged files never crash, they raise PlansError ----
