@@ -90,3 +90,12 @@ def test_pipeline_leaves_process_state_alone(model):
     after = (torch.get_num_threads(), torch.is_grad_enabled(), torch.backends.cudnn.benchmark,
              torch.get_default_dtype())
     assert after == before
+
+
+def test_a_model_off_the_cpu_is_refused_until_autocast_is_reproduced(model):
+    meta = nnunet_export.NnUNetModel(torch.nn.Conv3d(1, 1, 1, device="meta"), model.info)
+    with pytest.raises(PipelineSettingsError) as error:
+        meta.pipeline()
+    assert str(error.value) == (
+        "the pipeline runs on the CPU only for now: the model lives on meta, where nnU-Net runs the network "
+        "under autocast (fp16), which this pipeline does not reproduce yet; load the model with device='cpu'")

@@ -21,6 +21,11 @@ kNoMirroringError = (
     "use_mirroring=True, but {source} was trained without mirroring (inference_allowed_mirroring_axes "
     "is {axes!r}): pass use_mirroring=False"
 )
+kDeviceError = (
+    "the pipeline runs on the CPU only for now: the model lives on {device}, where nnU-Net runs the "
+    "network under autocast (fp16), which this pipeline does not reproduce yet; load the model with "
+    "device='cpu'"
+)
 kMirrorAxisError = "inference_allowed_mirroring_axes {axes!r} of {source} name axes a {dim}-D patch does not have"
 
 
@@ -52,6 +57,8 @@ def build_pipeline(network: torch.nn.Module, info: ModelInfo, *, tile_step_size:
     patch = [int(p) for p in config.patch_size]
     networks = list(network.networks) if isinstance(network, EnsembleModule) else [network]
     device = next(iter(networks[0].parameters()), torch.empty(0)).device
+    if device.type != "cpu":
+        raise PipelineSettingsError(kDeviceError.format(device=device))
     settings = {"tile_step_size": float(tile_step_size), "use_gaussian": bool(use_gaussian),
                 "use_mirroring": bool(use_mirroring), "mode": mode, "folds": len(networks)}
     return Pipeline(
