@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 from ..folds import FoldsArg
+from ..checkpoint import read_checkpoint
+from ..folds import checkpoint_file
+from ..prefixes import WRAPPER_PREFIXES
 from .exported import ExportedFile, open_exported, resolve_folds
 
 # nnU-Net's defaults (nnUNetv2_predict without -step_size / --disable_tta).
@@ -28,6 +31,9 @@ kImagesTypeError = ("images must be None or a list of preprocessed volumes (torc
 kImageFileError = ("image {index}: {image!r} is a file name; images must be preprocessed volumes (tensors or "
                    "NumPy arrays): reading image files with their spacing is not supported yet")
 kImageShapeError = "image {index}: {what} must have {dims} dimensions ({layout}), got shape {shape}"
+kPrefixedError = ("{path}: weight {key!r} carries a torch.compile/DDP wrapper prefix, which nnU-Net's predictor "
+                  "cannot load (its load_state_dict is strict): there is no nnU-Net prediction to compare with; "
+                  "assert_weights_match checks such exports")
 kMismatchHeader = "{path}: the exported {what} differs from nnU-Net's {reference} ({criterion}):"
 kShapeLine = "  input {index} of {count}, shape {shape}: output shape {got}, nnU-Net's {want}"
 kInputLine = ("  input {index} of {count}, shape {shape}, folds {folds}: max |difference| {diff:.6g}, "
@@ -121,6 +127,12 @@ class _Reference:
             tile_step_size=settings["tile_step_size"], use_gaussian=settings["use_gaussian"],
             use_mirroring=settings["use_mirroring"], perform_everything_on_device=False,
             device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        for fold in folds:  # read safely first: nnU-Net's own loading would fail less clearly
+            path = checkpoint_file(folder, fold, checkpoint_name)
+            keys = read_checkpoint(path, ["network_weights"])["network_weights"]
+            prefixed = next((key for key in keys if key.startswith(WRAPPER_PREFIXES)), None)
+            if prefixed is not None:
+                raise ValueError(kPrefixedError.format(path=path, key=prefixed))
         self.predictor.initialize_from_trained_model_folder(str(folder), list(folds), checkpoint_name)
 
     def __call__(self, data: torch.Tensor) -> torch.Tensor:
@@ -200,6 +212,11 @@ def assert_matches_nnunet(
     logits summed in fold order and divided by the fold count. Both sides run at the same torch
     thread count. Works with or without pytest.
 
+    nnU-Net's predictor loads the checkpoints with ``torch.load(weights_only=False)``, which can
+    run code a checkpoint carries: compare only checkpoints you trust (``assert_weights_match``
+    reads them safely). It cannot load checkpoints saved from a compiled or DDP-wrapped network
+    (keys prefixed ``_orig_mod.`` / ``module.``): those raise ValueError here.
+
     Args:
         exported: a file written by nnunet_export.
         model_dir: the ``<Trainer>__<Plans>__<configuration>`` folder nnU-Net loads.
@@ -221,7 +238,8 @@ def assert_matches_nnunet(
         AssertionError: a small report: per differing input, its shape, the folds, the largest
             difference, the voxels that differ per output channel and how many change label.
         ImportError: nnunetv2 is not installed (``pip install nnunet_export[nnunet]``).
-        TypeError, ValueError: ``images`` holds something other than preprocessed volumes.
+        TypeError, ValueError: ``images`` holds something other than preprocessed volumes, or
+            the checkpoints' keys carry a wrapper prefix nnU-Net's predictor cannot load.
 
     Example:
         >>> from nnunet_export.testing import assert_matches_nnunet
