@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, redirect_stdout
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -123,17 +124,20 @@ class _Reference:
     def __init__(self, folder, folds, checkpoint_name, settings: dict, pipeline: bool):
         predictor_class = _import_predictor()
         self.pipeline = pipeline
-        self.predictor = predictor_class(
-            tile_step_size=settings["tile_step_size"], use_gaussian=settings["use_gaussian"],
-            use_mirroring=settings["use_mirroring"], perform_everything_on_device=False,
-            device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        for fold in folds:  # read safely first: nnU-Net's own loading would fail less clearly
-            path = checkpoint_file(folder, fold, checkpoint_name)
-            keys = read_checkpoint(path, ["network_weights"])["network_weights"]
-            prefixed = next((key for key in keys if key.startswith(WRAPPER_PREFIXES)), None)
-            if prefixed is not None:
-                raise ValueError(kPrefixedError.format(path=path, key=prefixed))
-        self.predictor.initialize_from_trained_model_folder(str(folder), list(folds), checkpoint_name)
+        # nnU-Net prints notes on stdout (e.g. about perform_everything_on_device): stdout is the
+        # caller's (nnunet-export verify prints its table there).
+        with redirect_stdout(sys.stderr):
+            self.predictor = predictor_class(
+                tile_step_size=settings["tile_step_size"], use_gaussian=settings["use_gaussian"],
+                use_mirroring=settings["use_mirroring"], perform_everything_on_device=False,
+                device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            for fold in folds:  # read safely first: nnU-Net's own loading would fail less clearly
+                path = checkpoint_file(folder, fold, checkpoint_name)
+                keys = read_checkpoint(path, ["network_weights"])["network_weights"]
+                prefixed = next((key for key in keys if key.startswith(WRAPPER_PREFIXES)), None)
+                if prefixed is not None:
+                    raise ValueError(kPrefixedError.format(path=path, key=prefixed))
+            self.predictor.initialize_from_trained_model_folder(str(folder), list(folds), checkpoint_name)
 
     def __call__(self, data: torch.Tensor) -> torch.Tensor:
         if self.pipeline:
