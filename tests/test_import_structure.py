@@ -20,7 +20,8 @@ LAYERS = [
     ["model"],
     ["loading"],
     ["export"],
-    ["cli", "nnunet_patch", "__main__"],
+    ["testing"],
+    ["cli", "nnunet_patch", "pytest_plugin", "__main__"],
 ]
 
 

@@ -100,7 +100,11 @@ def test_wheel_ships_every_module_and_data_file_and_nothing_else(dist):
     cores = [n for n in package if n.startswith("nnunet_export/_core.") and n.endswith(".so")]
     assert len(cores) == 1, sorted(package)
     assert package - set(cores) == package_files()
-    others = names - package
+    # Beside the package: the pytest plugin's switch (a separate module, so that pytest's
+    # autoload of it never imports nnunet_export) and the dist-info.
+    switch = {n for n in names if n.startswith("pytest_nnunet_export/")}
+    assert switch == {"pytest_nnunet_export/__init__.py"}, sorted(switch)
+    others = names - package - switch
     assert others and all(n.startswith("nnunet_export-") and ".dist-info/" in n for n in others), sorted(others)
     assert "nnunet_export/architectures/__init__.py" in package and "nnunet_export/py.typed" in package
 
