@@ -26,6 +26,7 @@ from .loading import FoldMismatchError, load_complete
 from .metadata import MetadataError, read_metadata
 from .model import ModelInfo, NnUNetModel
 from .model_config import ModelConfig, read_model_config
+from .onnx_export import to_onnx
 from .nnunet_patch import UnsupportedNnUNetError, complete, patch_nnunet, patched_nnunet, unpatch_nnunet
 from .pipeline import Pipeline, PipelineInputError, PipelineSettingsError
 
@@ -58,6 +59,7 @@ __all__ = [
     "read_metadata",
     "read_model_config",
     "to_exported_program",
+    "to_onnx",
     "to_torchscript",
     "unpatch_nnunet",
 ]

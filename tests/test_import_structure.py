@@ -14,12 +14,12 @@ LAYERS = [
     ["atomic_write", "prefixes", "folds", "checkpoint", "digests", "metadata"],
     ["model_config"],
     ["architectures"],
-    ["export_writer"],
+    ["export_writer", "onnx_format"],
     ["model_info"],
     ["pipeline"],
     ["model"],
     ["loading"],
-    ["export"],
+    ["export", "onnx_export", "triton"],
     ["cli", "nnunet_patch", "__main__"],
 ]
 
