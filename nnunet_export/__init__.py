@@ -28,6 +28,7 @@ from .model import ModelInfo, NnUNetModel
 from .model_config import ModelConfig, read_model_config
 from .onnx_export import to_onnx
 from .nnunet_patch import UnsupportedNnUNetError, complete, patch_nnunet, patched_nnunet, unpatch_nnunet
+from .triton import write_triton_repository
 from .pipeline import Pipeline, PipelineInputError, PipelineSettingsError
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "to_onnx",
     "to_torchscript",
     "unpatch_nnunet",
+    "write_triton_repository",
 ]
