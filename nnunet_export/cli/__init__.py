@@ -4,6 +4,7 @@
     nnunet-export -d 1 -c 3d_fullres -f 0 -o model.pt        (bare form: the same as 'export')
     nnunet-export export -m RESULTS/Dataset001_X/nnUNetTrainer__nnUNetPlans__2d -f all -o model.pt2
     nnunet-export inspect PATH      (a model folder, a checkpoint, or an exported file)
+    nnunet-export triton -m MODEL_FOLDER -o REPOSITORY [--onnx]   (a Triton model repository)
 
 One module per subcommand (``export.py``, ``inspect.py``), each with ``add_parser(subparsers)``
 and ``run(args) -> int``; a new subcommand is one more module listed in ``COMMANDS``.
@@ -18,13 +19,13 @@ import traceback
 from typing import Sequence
 
 from .._core import __version__
-from . import export, inspect
+from . import export, inspect, triton
 from .common import UsageError, one_line
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
 # name -> module; the first one is what a bare `nnunet-export -d ... -o ...` runs.
-COMMANDS = {"export": export, "inspect": inspect}
+COMMANDS = {"export": export, "inspect": inspect, "triton": triton}
 kDefaultCommand = "export"
 kTopLevel = ("-h", "--help", "--version")
 
