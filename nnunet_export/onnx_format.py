@@ -33,6 +33,7 @@ kMissingOnnxError = (
 kOnnxExportError = (
     "{module}: torch.onnx.export (opset {opset}) cannot export this network: {reason}"
 )
+kOrtRunError = "onnxruntime cannot run the exported {path} on an input of shape {shape}: {reason}"
 kOnnxTooLargeError = (
     "{module}: the weights ({size:.2f} GiB) exceed the 2 GiB an ONNX file holds without external "
     "data; export fewer folds"
@@ -117,10 +118,14 @@ def compile_onnx(module: OnnxNetwork, method: str, inputs: Sequence[torch.Tensor
         reason = " ".join(str(err).split())[:600] or type(err).__name__
         raise ExportError(kOnnxExportError.format(module=type(network).__name__, opset=module.opset,
                                                   reason=reason)) from err
-    for value in list(program.model.graph.initializers.values()):
-        canonical = module.canonical.get(value.name)
-        if canonical is not None and canonical != value.name:
-            value.name = canonical
+    # Two passes: a checkpoint name may be another initializer's exported name (aliased modules).
+    initializers = program.model.graph.initializers
+    renamed = [(value, module.canonical[value.name]) for value in list(initializers.values())
+               if module.canonical.get(value.name, value.name) != value.name]
+    for index, (value, _) in enumerate(renamed):
+        value.name = f"__nnunet_export_renaming_{index}"
+    for value, canonical in renamed:
+        value.name = canonical
     return program
 
 
@@ -141,7 +146,11 @@ def load_onnx(path: Path, device: torch.device) -> tuple:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0]
+        try:
+            out = session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0]
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own error types, one clear message
+            message = " ".join(str(err).split())
+            raise ExportError(kOrtRunError.format(path=path.name, shape=tuple(x.shape), reason=message)) from None
         return torch.from_numpy(out).to(x.device)
 
     model = onnx.load(str(path))
