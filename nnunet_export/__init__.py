@@ -26,7 +26,9 @@ from .loading import FoldMismatchError, load_complete
 from .metadata import MetadataError, read_metadata
 from .model import ModelInfo, NnUNetModel
 from .model_config import ModelConfig, read_model_config
+from .onnx_export import to_onnx
 from .nnunet_patch import UnsupportedNnUNetError, complete, patch_nnunet, patched_nnunet, unpatch_nnunet
+from .triton import write_triton_repository
 from .pipeline import Pipeline, PipelineInputError, PipelineSettingsError
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "read_metadata",
     "read_model_config",
     "to_exported_program",
+    "to_onnx",
     "to_torchscript",
     "unpatch_nnunet",
+    "write_triton_repository",
 ]

@@ -16,6 +16,7 @@ import torch
 from ._core import ExportError
 from .atomic_write import atomic_output, check_output_path
 from .metadata import METADATA_NAME, metadata_json
+from .onnx_format import compile_onnx, load_onnx, save_onnx
 
 __all__ = ["DEFAULT_TOLERANCE", "ExportReport", "VerificationError", "export_module", "quiet_torchscript"]
 
@@ -132,6 +133,7 @@ def _load_program(path: Path, device: torch.device) -> tuple:
 _FORMATS = {
     "torchscript": _Format("torchscript", "model", _script_or_trace, _save_torchscript, _load_torchscript),
     "pt2": _Format("pt2", "program", _export_program, _save_program, _load_program),
+    "onnx": _Format("onnx", "ONNX model", compile_onnx, save_onnx, load_onnx),
 }
 
 

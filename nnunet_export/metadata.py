@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import zipfile
@@ -80,13 +81,16 @@ def metadata_json(metadata: dict) -> bytes:
 
 
 def read_metadata(path: Union[str, os.PathLike]) -> dict:
-    """Read the metadata of a file written by ``to_torchscript`` or ``to_exported_program``.
+    """Read the metadata of a file written by ``to_torchscript``, ``to_exported_program`` or
+    ``to_onnx`` (a ``.onnx`` file).
 
-    Reads only the metadata entry of the file's ZIP container: the model is not loaded and
-    nothing in the file is unpickled.
+    Reads only the metadata entry of the file's ZIP container (or the ``metadata_props`` of an
+    ONNX model, without the onnx package): the model is not loaded and nothing in the file is
+    unpickled.
 
     Raises:
-        MetadataError: the file is missing, not a ZIP archive, or has no nnunet_export metadata.
+        MetadataError: the file is missing, not a ZIP archive (not an ONNX model), or has no
+            nnunet_export metadata.
 
     Example:
         >>> meta = nnunet_export.read_metadata("model.pt")  # doctest: +SKIP
@@ -95,6 +99,8 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MetadataError(f"{str(path)!r} does not exist or is not a file")
+    if path.suffix.lower() == ".onnx":
+        return _parse_document(path, _onnx_metadata(path))
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_NAME)]
@@ -106,6 +112,10 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
             raw = archive.read(names[0])
     except zipfile.BadZipFile as err:
         raise MetadataError(f"{str(path)!r} is not a TorchScript or .pt2 archive: {err}") from None
+    return _parse_document(path, raw)
+
+
+def _parse_document(path: Path, raw: bytes) -> dict:
     try:
         document = json.loads(raw)
     except ValueError as err:
@@ -113,3 +123,78 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     if not isinstance(document, dict) or document.get("format") != "nnunet_export":
         raise MetadataError(f"{str(path)!r}: metadata is not an nnunet_export document")
     return document
+
+
+# ONNX files are protobuf ModelProto messages; metadata_props is field 14 (StringStringEntryProto:
+# key = 1, value = 2). Walking the top-level fields and seeking past the others (the graph with
+# its weights) reads the document without the onnx package and without loading the model.
+_ONNX_METADATA_FIELD = 14
+kNotOnnxError = "{path!r} is not an ONNX model: {reason}"
+kNoOnnxMetadataError = (
+    "{path!r} holds no nnunet_export metadata (metadata_props key {key!r}): it was not written by nnunet_export"
+)
+
+
+def _varint(handle) -> int | None:
+    value, shift = 0, 0
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            if shift == 0:
+                return None
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _fields(handle, end: int):
+    """(field number, bytes or None) of each field up to ``end``; length-delimited fields other
+    than metadata_props are skipped unread."""
+    while handle.tell() < end:
+        tag = _varint(handle)
+        if tag is None:
+            return
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(handle)
+        elif wire == 1 or wire == 5:
+            handle.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(handle)
+            if length is None or handle.tell() + length > end:
+                raise ValueError(f"field {number} runs past the end of the file")
+            if number == _ONNX_METADATA_FIELD:
+                yield number, handle.read(length)
+            else:
+                handle.seek(length, os.SEEK_CUR)
+        else:
+            raise ValueError(f"field {number} has wire type {wire}")
+
+
+def _entry(raw: bytes) -> dict[int, bytes]:
+    handle = io.BytesIO(raw)
+    entry = {}
+    while handle.tell() < len(raw):
+        tag = _varint(handle)
+        length = _varint(handle) if tag is not None and tag & 7 == 2 else None
+        if length is None:
+            raise ValueError("metadata_props entry is not a key/value message")
+        entry[tag >> 3] = handle.read(length)
+    return entry
+
+
+def _onnx_metadata(path: Path) -> bytes:
+    end = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            for _, raw in _fields(handle, end):
+                entry = _entry(raw)
+                if entry.get(1) == METADATA_NAME.encode():
+                    return entry.get(2, b"")
+    except ValueError as err:
+        raise MetadataError(kNotOnnxError.format(path=str(path), reason=err)) from None
+    raise MetadataError(kNoOnnxMetadataError.format(path=str(path), key=METADATA_NAME))

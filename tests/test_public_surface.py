@@ -19,7 +19,8 @@ ALL = [
     "PipelineSettingsError", "PlansError", "UnsafeCheckpointError",
     "UnsupportedArchitectureError", "UnsupportedNnUNetError", "VerificationError", "WeightsMismatchError",
     "__version__", "complete", "load_complete", "patch_nnunet", "patched_nnunet", "read_checkpoint",
-    "read_metadata", "read_model_config", "to_exported_program", "to_torchscript", "unpatch_nnunet",
+    "read_metadata", "read_model_config", "to_exported_program", "to_onnx", "to_torchscript", "unpatch_nnunet",
+    "write_triton_repository",
 ]
 
 SIGNATURES = {
@@ -71,7 +72,15 @@ SIGNATURES = {
         "(module_or_model_dir, path: 'Union[str, os.PathLike]', *, method: 'str' = 'auto', verify: 'Union[bool, str]' = True, "
         "tolerance: 'float' = 1e-06, progress: 'Callable[[str], Any] | None' = None, **load_kwargs) "
         "-> 'ExportReport'"),
+    "to_onnx": (
+        "(model_or_model_dir, path: 'Union[str, os.PathLike]', *, opset: 'int' = 18, verify: 'Union[bool, str]' = True, "
+        "tolerance: 'float' = 0.0001, progress: 'Callable[[str], Any] | None' = None, **load_kwargs) "
+        "-> 'ExportReport'"),
     "unpatch_nnunet": "() -> 'None'",
+    "write_triton_repository": (
+        "(model_or_model_dir, repository: 'Union[str, os.PathLike]', *, name: 'str' = 'nnunet', "
+        "max_batch_size: 'int' = 0, onnx: 'bool' = False, progress: 'Callable[[str], Any] | None' = None, "
+        "**load_kwargs) -> 'Path'"),
 }
 
 # Exceptions have no inspectable signature; their place in the hierarchy is what callers catch.

@@ -5,8 +5,9 @@
     nnunet-export export -m RESULTS/Dataset001_X/nnUNetTrainer__nnUNetPlans__2d -f all -o model.pt2
     nnunet-export inspect PATH      (a model folder, a checkpoint, or an exported file)
     nnunet-export verify model.pt -m MODEL_FOLDER   (weights and predictions against the model)
+    nnunet-export triton -m MODEL_FOLDER -o REPOSITORY [--onnx]   (a Triton model repository)
 
-One module per subcommand (``export.py``, ``inspect.py``, ``verify.py``), each with ``add_parser(subparsers)``
+One module per subcommand (``export.py``, ``inspect.py``, ``triton.py``, ``verify.py``), each with ``add_parser(subparsers)``
 and ``run(args) -> int``; a new subcommand is one more module listed in ``COMMANDS``.
 
 Exit codes: 0 success, 1 failure (one-line message; --verbose adds the traceback), 2 usage error.
@@ -19,13 +20,13 @@ import traceback
 from typing import Sequence
 
 from .._core import __version__
-from . import export, inspect, verify
+from . import export, inspect, triton, verify
 from .common import UsageError, one_line
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
 # name -> module; the first one is what a bare `nnunet-export -d ... -o ...` runs.
-COMMANDS = {"export": export, "inspect": inspect, "verify": verify}
+COMMANDS = {"export": export, "inspect": inspect, "triton": triton, "verify": verify}
 kDefaultCommand = "export"
 kTopLevel = ("-h", "--help", "--version")
 

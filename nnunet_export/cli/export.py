@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..export import to_exported_program, to_torchscript
+from ..onnx_export import to_onnx
 from ..loading import load_complete
 from .common import UsageError, add_verbose, progress
 
@@ -31,9 +32,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                         help="folds, e.g. 0 1 2 3 4 or all (default: detect like nnU-Net)")
     parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
                         help="checkpoint file name (default checkpoint_final.pth)")
-    parser.add_argument("-o", dest="output", required=True, help="output file (.pt or .pt2)")
-    parser.add_argument("--format", choices=("torchscript", "pt2"), default=None,
-                        help="output format (default: from the extension, .pt2 -> pt2, else torchscript)")
+    parser.add_argument("-o", dest="output", required=True, help="output file (.pt, .pt2 or .onnx)")
+    parser.add_argument("--format", choices=("torchscript", "pt2", "onnx"), default=None,
+                        help="output format (default: from the extension, .pt2 -> pt2, .onnx -> onnx, "
+                        "else torchscript)")
     parser.add_argument("--trace", action="store_true", help="trace instead of script (TorchScript)")
     parser.add_argument("--no-verify", action="store_true", help="skip reloading and comparing the file")
     parser.add_argument("--device", default="cpu", help="device for loading and verification (default cpu)")
@@ -79,8 +81,8 @@ def resolve_model_folder(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args)
-    fmt = args.format or ("pt2" if args.output.endswith(".pt2") else "torchscript")
-    if fmt == "pt2" and args.trace:
+    fmt = args.format or {".pt2": "pt2", ".onnx": "onnx"}.get(Path(args.output).suffix, "torchscript")
+    if fmt != "torchscript" and args.trace:
         raise UsageError("--trace applies to TorchScript only")
     try:
         torch.device(args.device)
@@ -91,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = load_complete(folder, folds=args.folds, checkpoint_name=args.checkpoint, device=args.device,
                           num_threads=args.num_threads, progress=progress)
-    if fmt == "pt2":
+    if fmt == "onnx":
+        report = to_onnx(model, args.output, verify=not args.no_verify, progress=progress)
+    elif fmt == "pt2":
         report = to_exported_program(model, args.output, verify=not args.no_verify, progress=progress)
     else:
         report = to_torchscript(model, args.output, method="trace" if args.trace else "auto",

@@ -1,0 +1,298 @@
+"""to_onnx (verified with onnxruntime on two shapes, metadata round-trip, bitwise initializers) and
+write_triton_repository (configs parsed with Triton's model-config schema, the pipeline file run in
+a fresh process with inputs shaped as its config declares)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nnunet_export
+from nnunet_export import ExportError, OutputPathError, VerificationError
+from nnunet_export.model import verification_inputs
+
+onnx = pytest.importorskip("onnx")  # CI installs every extra (scripts/test.sh): these run there
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+NETWORK_FIXTURES = ["2d", "3d_fullres", "bn", "regions", "multifold"]
+
+
+def test_resenc_fails_closed_with_onnxruntimes_message(loaded, tmp_path):
+    # Known gap: torch 2.13's dynamo exporter (optimize=False) builds the bias of ResEnc's
+    # bias-free 1x1x1 skip convolution with an Expand of the wrong size; onnxruntime refuses it.
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError) as info:
+        nnunet_export.to_onnx(loaded("resenc"), path)
+    assert str(info.value) == (
+        "onnxruntime cannot run the exported model.onnx on an input of shape (1, 1, 10, 20, 16): "
+        "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
+        "Name:'node_conv3d_3' Status Message: conv.cc:275 Compute Conv : bias must be a 1D tensor of size "
+        "output_channels (8)")
+    assert not path.exists()
+
+
+@pytest.fixture(scope="module")
+def loaded(nnunet_fixture):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            folds = None if name == "multifold" else 0
+            cache[name] = nnunet_export.load_complete(nnunet_fixture(name).model_dir, folds=folds)
+        return cache[name]
+
+    return get
+
+
+def _ort(path):
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", NETWORK_FIXTURES)
+def test_every_network_exports_to_onnx_within_1e4_on_two_shapes(name, loaded, tmp_path):
+    model = loaded(name)
+    path = tmp_path / "model.onnx"
+    report = nnunet_export.to_onnx(model, path)
+    assert report.verified and report.file_format == "onnx" and report.max_abs_diff <= 1e-4
+    inputs = verification_inputs(model.info.config, torch.device("cpu"), full=True)
+    assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape) for x in inputs]
+    assert inputs[0].shape[2:] != inputs[1].shape[2:]
+    session = _ort(path)
+    assert [i.name for i in session.get_inputs()] == ["data"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    print(f"\n{name}: max |ORT - eager| {report.max_abs_diff:.3g}")
+    for x in inputs + [torch.cat([inputs[1], inputs[1]])]:  # and a batch of two
+        with torch.no_grad():
+            expected = model(x)
+        got = torch.from_numpy(session.run(["logits"], {"data": x.numpy()})[0])
+        assert got.shape == expected.shape
+        assert float((got - expected).abs().max()) <= 1e-4
+    metadata = nnunet_export.read_metadata(path)
+    assert metadata["file_format"] == "onnx" and metadata["export_method"] == "torch.onnx.export"
+    assert metadata["folds"] == [f if isinstance(f, str) else int(f) for f in model.info.folds]
+    assert metadata["ensemble"] == ("mean of fold logits" if len(model.info.folds) > 1 else None)
+    assert metadata["onnx"]["input_name"] == "data" and metadata["onnx"]["opset"] == 18
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert nnunet_export.read_metadata(path) == __import__("json").loads(props["nnunet_export.json"])
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == metadata["onnx"]["dims"]
+
+
+def test_initializers_are_the_checkpoint_tensors_bit_for_bit(loaded, tmp_path):
+    model = loaded("bn")  # BatchNorm: the exporter's optimizer would fold it into the convs
+    path = tmp_path / "model.onnx"
+    nnunet_export.to_onnx(model, path)
+    state = model.network.state_dict()
+    initializers = onnx.load(str(path)).graph.initializer
+    assert len(initializers) > 0
+    for init in initializers:
+        tensor = torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
+        assert init.name in state, init.name
+        assert torch.equal(tensor.view(torch.uint8), state[init.name].contiguous().view(torch.uint8)), init.name
+    assert any(i.name.endswith("running_var") for i in initializers)
+
+
+def test_a_changed_initializer_fails_closed(loaded, tmp_path, monkeypatch):
+    from nnunet_export import onnx_format
+
+    original = onnx_format.load_onnx
+    changed = []
+
+    def tampered(path, device):
+        run, state = original(path, device)
+        key = sorted(state)[0]
+        changed.append(key)
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] += 1
+        return run, state
+
+    monkeypatch.setitem(nnunet_export.export_writer._FORMATS, "onnx", nnunet_export.export_writer._Format(
+        "onnx", "ONNX model", onnx_format.compile_onnx, onnx_format.save_onnx, tampered))
+    path = tmp_path / "model.onnx"
+    with pytest.raises(VerificationError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres"), path)
+    assert str(info.value) == f"{path}: exported weight {changed[0]!r} is not bit-identical to the checkpoint's"
+    assert not path.exists()
+
+
+def test_onnx_output_above_the_tolerance_fails_closed(loaded, tmp_path):
+    path = tmp_path / "model.onnx"
+    with pytest.raises(VerificationError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres"), path, tolerance=0.0)
+    assert str(info.value).startswith(f"{path}: the exported ONNX model differs from the eager module by ")
+    assert str(info.value).endswith("(> 0) on an input of shape (1, 1, 10, 20, 20); no file was written")
+    assert not path.exists()
+
+
+def test_read_metadata_of_an_onnx_file_without_metadata(tmp_path):
+    path = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(path))
+    with pytest.raises(nnunet_export.MetadataError) as info:
+        nnunet_export.read_metadata(path)
+    assert str(info.value) == (f"{str(path)!r} holds no nnunet_export metadata (metadata_props key "
+                               "'nnunet_export.json'): it was not written by nnunet_export")
+    path.write_bytes(b"\xff" * 16)
+    with pytest.raises(nnunet_export.MetadataError) as info:
+        nnunet_export.read_metadata(path)
+    assert str(info.value) == f"{str(path)!r} is not an ONNX model: varint longer than 10 bytes"
+
+
+def test_unsupported_cases_name_the_module(loaded, tmp_path):
+    with pytest.raises(ExportError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres").pipeline(), tmp_path / "p.onnx")
+    assert str(info.value) == ("to_onnx exports the network (logits for a patch-divisible input); a Pipeline's "
+                               "tiling loop is exported with to_torchscript")
+    with pytest.raises(ExportError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres"), tmp_path / "p.onnx", opset=True)
+    assert str(info.value) == "opset must be an int >= 7, got True"
+
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_missing_onnx_names_the_extra(loaded, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name.split(".")[0] == "onnxruntime":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    monkeypatch.setattr("importlib.import_module", lambda name: without_onnxruntime(name))
+    with pytest.raises(ExportError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres"), tmp_path / "m.onnx")
+    assert str(info.value) == ("ONNX export needs the packages onnx, onnxscript and onnxruntime (onnxruntime not "
+                               "installed): pip install nnunet_export[onnx]")
+
+
+# --- Triton -----------------------------------------------------------------------------------------
+
+_FRESH_PROCESS = r"""
+import importlib.abc, sys
+BLOCKED = ("nnunetv2", "nnunet_export", "dynamic_network_architectures")
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked in the fresh process: {name}")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+import torch
+torch.set_num_threads(1)
+module = torch.jit.load(sys.argv[1], map_location="cpu")
+data = torch.load(sys.argv[2], weights_only=True)
+torch.save(module(data), sys.argv[3])
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+if leaked:
+    raise SystemExit(f"imported in the fresh process: {leaked}")
+"""
+
+_DTYPES = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16}
+
+
+def _config(path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _type_name(config, value):
+    return type(config).DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
+        "data_type"].enum_type.values_by_number[value].name
+
+
+@pytest.mark.parametrize("name", ["3d_fullres", "2d"])
+def test_triton_repository_configs_match_the_files(name, loaded, tmp_path):
+    model = loaded(name)
+    repository = nnunet_export.write_triton_repository(model, tmp_path / "repo", name="seg", onnx=True,
+                                                       max_batch_size=2)
+    assert sorted(p.relative_to(repository).as_posix() for p in repository.rglob("*")) == [
+        "README.md", "seg", "seg/1", "seg/1/model.pt", "seg/config.pbtxt", "seg_network", "seg_network/1",
+        "seg_network/1/model.onnx", "seg_network/config.pbtxt"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "repo"]  # the temporary folder is gone
+    cfg = model.info.config
+    spatial = len(cfg.patch_size) + (1 if len(cfg.patch_size) == 2 else 0)  # 2-D: (C, slices, x, y)
+
+    pipeline_cfg = _config(repository / "seg" / "config.pbtxt")
+    assert (pipeline_cfg.name, pipeline_cfg.platform, pipeline_cfg.backend, pipeline_cfg.max_batch_size) == (
+        "seg", "pytorch_libtorch", "pytorch", 0)
+    [inp], [out] = pipeline_cfg.input, pipeline_cfg.output
+    assert (inp.name, _type_name(pipeline_cfg, inp.data_type), list(inp.dims)) == (
+        "INPUT__0", "TYPE_FP32", [cfg.num_input_channels] + [-1] * spatial)
+    assert (out.name, _type_name(pipeline_cfg, out.data_type), list(out.dims)) == (
+        "OUTPUT__0", "TYPE_FP16", [cfg.num_output_channels] + [-1] * spatial)
+    schema = torch.jit.load(str(repository / "seg" / "1" / "model.pt")).forward.schema
+    assert len(schema.arguments) - 1 == len(pipeline_cfg.input)  # self + positional INPUT__i
+
+    # The pipeline file in a fresh process, with an input shaped as the config declares.
+    shape = [d if d > 0 else 2 * p for d, p in zip(inp.dims, [0] + list(cfg.patch_size))]
+    if len(cfg.patch_size) == 2:  # 2-D configurations take (C, slices, x, y): the pipeline's -1 ranks hold that
+        shape = [cfg.num_input_channels, 2] + [int(p) for p in cfg.patch_size]
+    data = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=_DTYPES[
+        _type_name(pipeline_cfg, inp.data_type)])
+    torch.save(data, tmp_path / "data.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    result = subprocess.run([sys.executable, "-I", "-c", _FRESH_PROCESS, str(repository / "seg" / "1" / "model.pt"),
+                             str(tmp_path / "data.pt"), str(tmp_path / "out.pt")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert got.dtype == _DTYPES[_type_name(pipeline_cfg, out.data_type)]
+    assert list(got.shape) == [out.dims[0]] + list(data.shape[1:])
+    with torch.no_grad():
+        assert torch.equal(got, model.pipeline()(data))
+
+    network_cfg = _config(repository / "seg_network" / "config.pbtxt")
+    assert (network_cfg.platform, network_cfg.backend, network_cfg.max_batch_size) == (
+        "onnxruntime_onnx", "onnxruntime", 2)
+    session = _ort(repository / "seg_network" / "1" / "model.onnx")
+    for declared, actual in [(network_cfg.input[0], session.get_inputs()[0]),
+                             (network_cfg.output[0], session.get_outputs()[0])]:
+        assert declared.name == actual.name and actual.type == "tensor(float)"
+        assert _type_name(network_cfg, declared.data_type) == "TYPE_FP32"
+        # with max_batch_size > 0 Triton prepends the batch axis to the declared dims
+        assert len(actual.shape) == 1 + len(declared.dims)
+        assert [d if isinstance(d, int) else -1 for d in actual.shape[1:]] == list(declared.dims)
+    readme = (repository / "README.md").read_text()
+    assert "tritonserver --model-repository=/models" in readme and "`INPUT__0`: TYPE_FP32" in readme
+
+
+def test_triton_repository_refusals(loaded, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(OutputPathError) as info:
+        nnunet_export.write_triton_repository(loaded("3d_fullres"), tmp_path / "full")
+    assert str(info.value) == f"Triton repository {str(tmp_path / 'full')!r} already exists and is not empty; give a new folder"
+    with pytest.raises(ExportError) as info:
+        nnunet_export.write_triton_repository(loaded("3d_fullres"), tmp_path / "r", max_batch_size=4)
+    assert str(info.value) == ("max_batch_size applies to the ONNX network model (onnx=True); the pipeline model "
+                               "takes one volume per request")
+    with pytest.raises(ExportError) as info:
+        nnunet_export.write_triton_repository(loaded("3d_fullres"), tmp_path / "r", name="a/b")
+    assert str(info.value) == "model name must be letters, digits, '_', '-' or '.', got 'a/b'"
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_onnx_and_triton(nnunet_fixture, tmp_path, capsys):
+    from nnunet_export.cli import main
+
+    model_dir = nnunet_fixture("3d_fullres").model_dir
+    assert main(["export", "-m", str(model_dir), "-f", "0", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert nnunet_export.read_metadata(tmp_path / "m.onnx")["file_format"] == "onnx"
+    assert main(["triton", "-m", str(model_dir), "-f", "0", "-o", str(tmp_path / "repo")]) == 0
+    assert (tmp_path / "repo" / "nnunet" / "1" / "model.pt").is_file()
+    assert not (tmp_path / "repo" / "nnunet_network").exists()
+    capsys.readouterr()
+    assert main(["triton", "-m", str(model_dir), "-o", str(tmp_path / "r2"), "--max-batch-size", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nnunet-export: error: --max-batch-size applies to the ONNX network model: add --onnx")
