@@ -118,6 +118,7 @@ def compile_onnx(module: OnnxNetwork, method: str, inputs: Sequence[torch.Tensor
         reason = " ".join(str(err).split())[:600] or type(err).__name__
         raise ExportError(kOnnxExportError.format(module=type(network).__name__, opset=module.opset,
                                                   reason=reason)) from err
+    _drop_synthesized_conv_biases(program.model)
     # Two passes: a checkpoint name may be another initializer's exported name (aliased modules).
     initializers = program.model.graph.initializers
     renamed = [(value, module.canonical[value.name]) for value in list(initializers.values())
@@ -127,6 +128,22 @@ def compile_onnx(module: OnnxNetwork, method: str, inputs: Sequence[torch.Tensor
     for value, canonical in renamed:
         value.name = canonical
     return program
+
+
+def _drop_synthesized_conv_biases(model) -> None:
+    """torch 2.13's exporter gives a bias-free convolution (ResEnc's 1x1 skip projections) a
+    zero bias built at run time by an Expand to the wrong size, which onnxruntime refuses. A
+    real bias is always an initializer; ONNX's Conv bias input is optional, so a computed one
+    is dropped, and the nodes that only built it with it."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass  # the onnx extra, present here
+
+    for node in model.graph:
+        if node.op_type != "Conv" or len(node.inputs) != 3 or node.inputs[2] is None:
+            continue
+        producer = node.inputs[2].producer()
+        if producer is not None and producer.op_type == "Expand":
+            node.resize_inputs(2)
+    RemoveUnusedNodesPass()(model)
 
 
 def _first_argument(network: torch.nn.Module) -> str:

@@ -18,21 +18,7 @@ onnx = pytest.importorskip("onnx")  # CI installs every extra (scripts/test.sh):
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-NETWORK_FIXTURES = ["2d", "3d_fullres", "bn", "regions", "multifold"]
-
-
-def test_resenc_fails_closed_with_onnxruntimes_message(loaded, tmp_path):
-    # Known gap: torch 2.13's dynamo exporter (optimize=False) builds the bias of ResEnc's
-    # bias-free 1x1x1 skip convolution with an Expand of the wrong size; onnxruntime refuses it.
-    path = tmp_path / "model.onnx"
-    with pytest.raises(ExportError) as info:
-        nnunet_export.to_onnx(loaded("resenc"), path)
-    assert str(info.value) == (
-        "onnxruntime cannot run the exported model.onnx on an input of shape (1, 1, 10, 20, 16): "
-        "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
-        "Name:'node_conv3d_3' Status Message: conv.cc:275 Compute Conv : bias must be a 1D tensor of size "
-        "output_channels (8)")
-    assert not path.exists()
+NETWORK_FIXTURES = ["2d", "3d_fullres", "resenc", "bn", "regions", "multifold"]
 
 
 @pytest.fixture(scope="module")
