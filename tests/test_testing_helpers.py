@@ -207,3 +207,31 @@ def test_without_nnunetv2_the_error_names_the_extra(exports, monkeypatch):
     assert str(caught.value) == (
         "assert_matches_nnunet compares with nnU-Net's own predictor, and nnunetv2 cannot be imported (import of "
         "nnunetv2.inference.predict_from_raw_data halted; None in sys.modules): pip install nnunet_export[nnunet]")
+
+
+class _OpensAFile:
+    """Unpickling this calls open(path, "w"): a stand-in for code a checkpoint could carry."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_the_nnunet_comparison_never_executes_what_a_checkpoint_carries(exports, tmp_path):
+    import shutil
+
+    path, model_dir, checkpoint = exports("3d_fullres", "pipeline")
+    folder = tmp_path / model_dir.name
+    shutil.copytree(model_dir, folder)
+    target = folder / "fold_0" / checkpoint
+    marker = tmp_path / "executed"
+    content = torch.load(target, map_location="cpu", weights_only=False)
+    content["payload"] = _OpensAFile(marker)
+    torch.save(content, target)
+    torch.load(target, map_location="cpu", weights_only=False)  # the payload is live: unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+    assert_matches_nnunet(path, folder, folds=[0], checkpoint_name=checkpoint)
+    assert not marker.exists()

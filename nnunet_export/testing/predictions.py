@@ -117,6 +117,23 @@ def _checked_inputs(file: ExportedFile, images) -> list[torch.Tensor]:
     return inputs
 
 
+@contextmanager
+def _checkpoints_read_safely() -> Iterator[None]:
+    """Inside the block, ``torch.load`` (what nnU-Net's initialise reads checkpoints with, with
+    ``weights_only=False``) reads through nnunet_export's safe reader instead: the keys nnU-Net
+    uses, nothing from the file executed. Everything else of nnU-Net's initialise runs as is."""
+    original = torch.load
+
+    def safe_load(f, map_location=None, *args, **kwargs):
+        return read_checkpoint(f)  # network_weights, trainer_name, init_args, mirroring axes
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 class _Reference:
     """nnU-Net's side: predict_logits_from_preprocessed_data for pipelines, the fold mean of
     nnU-Net's own network (each fold's parameters loaded in turn) for network files."""
@@ -137,7 +154,8 @@ class _Reference:
                 prefixed = next((key for key in keys if key.startswith(WRAPPER_PREFIXES)), None)
                 if prefixed is not None:
                     raise ValueError(kPrefixedError.format(path=path, key=prefixed))
-            self.predictor.initialize_from_trained_model_folder(str(folder), list(folds), checkpoint_name)
+            with _checkpoints_read_safely():
+                self.predictor.initialize_from_trained_model_folder(str(folder), list(folds), checkpoint_name)
 
     def __call__(self, data: torch.Tensor) -> torch.Tensor:
         if self.pipeline:
@@ -216,10 +234,10 @@ def assert_matches_nnunet(
     logits summed in fold order and divided by the fold count. Both sides run at the same torch
     thread count. Works with or without pytest.
 
-    nnU-Net's predictor loads the checkpoints with ``torch.load(weights_only=False)``, which can
-    run code a checkpoint carries: compare only checkpoints you trust (``assert_weights_match``
-    reads them safely). It cannot load checkpoints saved from a compiled or DDP-wrapped network
-    (keys prefixed ``_orig_mod.`` / ``module.``): those raise ValueError here.
+    nnU-Net's initialise runs as it is, except that its ``torch.load(weights_only=False)`` of each
+    checkpoint is served by nnunet_export's safe reader (nothing in a checkpoint is executed).
+    nnU-Net cannot load checkpoints saved from a compiled or DDP-wrapped network (keys prefixed
+    ``_orig_mod.`` / ``module.``): those raise ValueError here.
 
     Args:
         exported: a file written by nnunet_export.
