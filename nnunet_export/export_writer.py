@@ -163,11 +163,16 @@ def _check_weights_bitwise(eager: torch.nn.Module, loaded_sd: dict, path: Path) 
             raise VerificationError(kWeightBitsError.format(path=path, key=key))
 
 
-def _verify(module, loaded, inputs: Sequence[torch.Tensor], path: Path, tolerance: float, what: str) -> float:
+def _call(module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+def _verify(module, loaded, inputs: Sequence[torch.Tensor], path: Path, tolerance: float, what: str,
+            call: Callable[[Any, torch.Tensor], torch.Tensor]) -> float:
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
-            diff = _max_abs_diff(module(x), loaded(x))
+            diff = _max_abs_diff(call(module, x), call(loaded, x))
             if not diff <= tolerance:
                 raise VerificationError(kOutputMismatchError.format(
                     path=path, what=what, diff=diff, tolerance=tolerance, shape=tuple(x.shape)))
@@ -186,11 +191,13 @@ def export_module(
     verify: bool,
     tolerance: float,
     say: Callable[[str], Any],
+    call: Callable[[Any, torch.Tensor], torch.Tensor] = _call,
 ) -> ExportReport:
     """Compiles ``module`` with ``method``, writes it to ``path`` atomically with ``metadata``
     and, with ``verify``, reloads the file, compares its outputs on ``inputs`` with the eager
-    module's (max abs difference <= ``tolerance``) and every weight bit for bit. On any failure
-    nothing is written and an existing file is untouched.
+    module's (max abs difference <= ``tolerance``; ``call(module, x)`` runs either, by default
+    ``module(x)``) and every weight bit for bit. On any failure nothing is written and an
+    existing file is untouched.
 
     Raises:
         OutputPathError: ``path`` cannot be written.
@@ -208,7 +215,7 @@ def export_module(
             if verify:
                 say(f"verifying {path.name}")
                 loaded, loaded_state = fmt.load(tmp, device)
-                max_diff = _verify(module, loaded, inputs, path, tolerance, fmt.what)
+                max_diff = _verify(module, loaded, inputs, path, tolerance, fmt.what, call)
                 _check_weights_bitwise(module, loaded_state, path)
             file_bytes = tmp.stat().st_size
     return ExportReport(

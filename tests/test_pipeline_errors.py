@@ -99,3 +99,38 @@ def test_a_model_off_the_cpu_is_refused_until_autocast_is_reproduced(model):
     assert str(error.value) == (
         "the pipeline runs on the CPU only for now: the model lives on meta, where nnU-Net runs the network "
         "under autocast (fp16), which this pipeline does not reproduce yet; load the model with device='cpu'")
+
+
+class _Shifted:
+    """A loaded pipeline whose cheap-check method is off by a little."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def predict_logits_of(self, data, folds, mirroring):
+        return self.loaded.predict_logits_of(data, folds, mirroring) + 1e-3
+
+    def state_dict(self):
+        return self.loaded.state_dict()
+
+
+def test_default_verification_runs_fold_zero_without_mirroring_and_catches_a_difference(model, tmp_path, monkeypatch):
+    from nnunet_export import VerificationError
+
+    pipeline = model.pipeline()
+    report = pipeline.to_torchscript(tmp_path / "ok.pt")
+    assert report.verified and report.max_abs_diff == 0.0
+    full = pipeline.to_torchscript(tmp_path / "full.pt", verify="full")
+    assert full.verified and full.max_abs_diff == 0.0
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: _Shifted(real_load(*a, **k)))
+    with pytest.raises(VerificationError) as error:
+        pipeline.to_torchscript(tmp_path / "bad.pt")
+    assert "the exported model differs from the eager module by 0.001" in str(error.value)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_predict_logits_of_names_no_fold(model):
+    with pytest.raises(PipelineSettingsError) as error:
+        model.pipeline().predict_logits_of(torch.randn(1, 4, 5, 6), [3], True)
+    assert str(error.value) == "folds [3] name none of the pipeline's 1 folds"

@@ -118,8 +118,9 @@ METHODS = {
     "Pipeline": {
         "forward": "(self, data: torch.Tensor) -> torch.Tensor",
         "predict_logits": "(self, data: torch.Tensor) -> torch.Tensor",
+        "predict_logits_of": "(self, data: torch.Tensor, folds: List[int], mirroring: bool) -> torch.Tensor",
         "to_torchscript": (
-            "(self, path: Union[str, os.PathLike], *, verify: bool = True, tolerance: float = 0.0, "
+            "(self, path: Union[str, os.PathLike], *, verify: Union[bool, str] = True, tolerance: float = 0.0, "
             "progress: Optional[Callable[[str], Any]] = None) -> nnunet_export.export_writer.ExportReport"),
     },
     "ModelConfig": {"to_dict": "(self) -> 'Dict[str, Any]'"},

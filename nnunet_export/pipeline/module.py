@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..export_writer import ExportReport, export_module
+from ..export_writer import ExportReport, check_verify, export_module
 from ..metadata import build_metadata
 from ..model_info import ModelInfo
 from .errors import PipelineInputError, PipelineSettingsError
@@ -58,12 +58,14 @@ class Pipeline(nn.Module):
         self.info = info
         self.settings = settings
 
-    def to_torchscript(self, path: Union[str, os.PathLike], *, verify: bool = True, tolerance: float = 0.0,
+    def to_torchscript(self, path: Union[str, os.PathLike], *, verify: Union[bool, str] = True, tolerance: float = 0.0,
                        progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
         """Script the pipeline and write it atomically with its metadata (settings included).
 
-        ``verify`` reloads the file and compares its ``predict_logits`` on a small volume with
-        this module's (default tolerance 0: the same values) and every weight bit for bit.
+        ``verify`` reloads the file and compares it with this module (default tolerance 0: the
+        same values) on a small volume, and every weight bit for bit. ``True``: the sliding window
+        of fold 0 without mirror passes (``predict_logits_of``, the code ``predict_logits`` runs;
+        one network pass per side however many folds); ``"full"``: ``predict_logits`` itself.
 
         Raises:
             PipelineSettingsError: a fold network is not scriptable (built by a trainer's code).
@@ -73,9 +75,11 @@ class Pipeline(nn.Module):
             raise PipelineSettingsError(kNotScriptableError.format(reason=self.info.not_scriptable_reason))
         metadata = build_metadata(self.info, self.networks, method="script", file_format="torchscript",
                                   pipeline=dict(self.settings))
+        check_verify(verify)
+        call = _predict_logits if verify == "full" else _fold_zero_without_mirroring
         return export_module(self, Path(path), file_format="torchscript", method="script", metadata=metadata,
-                             inputs=self._verification_volumes(), verify=verify, tolerance=tolerance,
-                             say=progress or _silent)
+                             inputs=self._verification_volumes(), verify=bool(verify), tolerance=tolerance,
+                             say=progress or _silent, call=call)
 
     @torch.jit.unused
     def _verification_volumes(self) -> List[Tensor]:
@@ -95,7 +99,14 @@ class Pipeline(nn.Module):
     def predict_logits(self, data: Tensor) -> Tensor:
         """Logits of the fold ensemble for preprocessed ``data`` (channels, *spatial), float32:
         fp16, same shape as ``nnUNetPredictor.predict_logits_from_preprocessed_data`` returns."""
+        return self.predict_logits_of(data, list(range(len(self.networks))), True)
+
+    @torch.jit.export
+    def predict_logits_of(self, data: Tensor, folds: List[int], mirroring: bool) -> Tensor:
+        """:meth:`predict_logits` with the folds at the positions ``folds`` (ascending) and, when
+        ``mirroring`` is False, no mirror passes: the same code, for cheap checks of a file."""
         data = self._checked(data)
+        mirror_axes: List[List[int]] = self.mirror_axes if mirroring else []
         spatial = list(data.shape[1:])
         below, above = padding_for(spatial, self.patch_size)
         pad: List[int] = []
@@ -113,42 +124,45 @@ class Pipeline(nn.Module):
         counts = self._counts(padded_spatial, starts, accumulator)
         prediction: Optional[Tensor] = None
         fold = 0
-        for network in self.networks:
-            logits = torch.zeros([self.num_heads] + padded_spatial, dtype=accumulator, device=data.device)
-            for start in starts:
-                tile = self._region(padded, start).unsqueeze(0).contiguous()
-                if self.exact:
-                    tile_logits = network(tile)
-                    for axes in self.mirror_axes:
-                        tile_logits += torch.flip(network(torch.flip(tile, axes)), axes)
-                    if len(self.mirror_axes) > 0:
-                        tile_logits /= len(self.mirror_axes) + 1
+        for position, network in enumerate(self.networks):
+            # No `continue` here: TorchScript unrolls loops over a ModuleList.
+            if position in folds:
+                logits = torch.zeros([self.num_heads] + padded_spatial, dtype=accumulator, device=data.device)
+                for start in starts:
+                    tile = self._region(padded, start).unsqueeze(0).contiguous()
+                    if self.exact:
+                        tile_logits = network(tile)
+                        for axes in mirror_axes:
+                            tile_logits += torch.flip(network(torch.flip(tile, axes)), axes)
+                        if len(mirror_axes) > 0:
+                            tile_logits /= len(mirror_axes) + 1
+                    else:
+                        # All mirror passes of the tile as one batch (the batched convolutions round
+                        # differently from nnU-Net's one-by-one passes: last-bit differences).
+                        batch = [tile] + [torch.flip(tile, axes) for axes in mirror_axes]
+                        outputs = network(torch.cat(batch, 0))
+                        tile_logits = outputs[0:1].clone()
+                        for index in range(len(mirror_axes)):
+                            tile_logits += torch.flip(outputs[index + 1:index + 2], mirror_axes[index])
+                        if len(mirror_axes) > 0:
+                            tile_logits /= len(mirror_axes) + 1
+                    tile_logits = tile_logits[0]
+                    if self.use_gaussian:
+                        tile_logits *= self.gaussian
+                    region = self._region(logits, start)
+                    region += tile_logits
+                logits.div_(counts)
+                if bool(torch.any(torch.isinf(logits))):
+                    raise RuntimeError(f"fold {position}: the fp16 logits overflowed to inf (nnU-Net aborts here too): "
+                                       "the model's logits exceed the fp16 range for this input")
+                logits = self._unpadded(logits, below, spatial)
+                if prediction is None:
+                    prediction = logits
                 else:
-                    # All mirror passes of the tile as one batch (the batched convolutions round
-                    # differently from nnU-Net's one-by-one passes: last-bit differences).
-                    batch = [tile] + [torch.flip(tile, axes) for axes in self.mirror_axes]
-                    outputs = network(torch.cat(batch, 0))
-                    tile_logits = outputs[0:1].clone()
-                    for index in range(len(self.mirror_axes)):
-                        tile_logits += torch.flip(outputs[index + 1:index + 2], self.mirror_axes[index])
-                    if len(self.mirror_axes) > 0:
-                        tile_logits /= len(self.mirror_axes) + 1
-                tile_logits = tile_logits[0]
-                if self.use_gaussian:
-                    tile_logits *= self.gaussian
-                region = self._region(logits, start)
-                region += tile_logits
-            logits.div_(counts)
-            if bool(torch.any(torch.isinf(logits))):
-                raise RuntimeError(f"fold {fold}: the fp16 logits overflowed to inf (nnU-Net aborts here too): "
-                                   "the model's logits exceed the fp16 range for this input")
-            logits = self._unpadded(logits, below, spatial)
-            if prediction is None:
-                prediction = logits
-            else:
-                prediction += logits
-            fold += 1
-        assert prediction is not None
+                    prediction += logits
+                fold += 1
+        if prediction is None:
+            raise PipelineSettingsError(f"folds {folds} name none of the pipeline's {len(self.networks)} folds")
         if fold > 1:
             prediction /= fold
         return prediction.half()
@@ -204,3 +218,11 @@ class Pipeline(nn.Module):
 
 def _silent(line: str) -> None:
     pass
+
+
+def _predict_logits(module, data: Tensor) -> Tensor:
+    return module.predict_logits(data)
+
+
+def _fold_zero_without_mirroring(module, data: Tensor) -> Tensor:
+    return module.predict_logits_of(data, [0], False)
