@@ -34,6 +34,10 @@ kOnnxExportError = (
     "{module}: torch.onnx.export (opset {opset}) cannot export this network: {reason}"
 )
 kOrtRunError = "onnxruntime cannot run the exported {path} on an input of shape {shape}: {reason}"
+kOpsetNotWrittenError = (
+    "{module}: torch.onnx.export could not write opset {opset}: the file would hold opset {written} "
+    "(the exporter's version conversion fell back); choose opset {written} or another it converts to"
+)
 kOnnxTooLargeError = (
     "{module}: the weights ({size:.2f} GiB) exceed the 2 GiB an ONNX file holds without external "
     "data; export fewer folds"
@@ -118,6 +122,10 @@ def compile_onnx(module: OnnxNetwork, method: str, inputs: Sequence[torch.Tensor
         reason = " ".join(str(err).split())[:600] or type(err).__name__
         raise ExportError(kOnnxExportError.format(module=type(network).__name__, opset=module.opset,
                                                   reason=reason)) from err
+    written = program.model.opset_imports.get("", module.opset)
+    if written != module.opset:  # a silent fallback would leave the metadata naming the wrong opset
+        raise ExportError(kOpsetNotWrittenError.format(module=type(network).__name__, opset=module.opset,
+                                                       written=written))
     _drop_synthesized_conv_biases(program.model)
     # Two passes: a checkpoint name may be another initializer's exported name (aliased modules).
     initializers = program.model.graph.initializers

@@ -282,3 +282,15 @@ def test_cli_onnx_and_triton(nnunet_fixture, tmp_path, capsys):
     assert main(["triton", "-m", str(model_dir), "-o", str(tmp_path / "r2"), "--max-batch-size", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         "nnunet-export: error: --max-batch-size applies to the ONNX network model: add --onnx")
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused_naming_the_module(loaded, tmp_path):
+    # The exporter converts down from opset 18 and falls back silently where it cannot; the
+    # file would then not hold the opset asked for (and its metadata would say otherwise).
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError) as info:
+        nnunet_export.to_onnx(loaded("3d_fullres"), path, opset=7)
+    assert str(info.value) == (
+        "PlainConvUNet: torch.onnx.export could not write opset 7: the file would hold opset 18 (the "
+        "exporter's version conversion fell back); choose opset 18 or another it converts to")
+    assert not path.exists()
