@@ -119,9 +119,9 @@ def _checked_inputs(file: ExportedFile, images) -> list[torch.Tensor]:
 
 @contextmanager
 def _checkpoints_read_safely() -> Iterator[None]:
-    """Inside the block, ``torch.load`` (what nnU-Net's initialise reads checkpoints with, with
-    ``weights_only=False``) reads through nnunet_export's safe reader instead: the keys nnU-Net
-    uses, nothing from the file executed. Everything else of nnU-Net's initialise runs as is."""
+    """Inside the block, ``torch.load`` (nnU-Net's initialise reads checkpoints with it, the
+    weights-only restriction off) reads through nnunet_export's safe reader instead: the keys
+    nnU-Net uses, nothing from the file executed. Everything else of its initialise runs as is."""
     original = torch.load
 
     def safe_load(f, map_location=None, *args, **kwargs):
@@ -234,7 +234,7 @@ def assert_matches_nnunet(
     logits summed in fold order and divided by the fold count. Both sides run at the same torch
     thread count. Works with or without pytest.
 
-    nnU-Net's initialise runs as it is, except that its ``torch.load(weights_only=False)`` of each
+    nnU-Net's initialise runs as it is, except that its unrestricted ``torch.load`` of each
     checkpoint is served by nnunet_export's safe reader (nothing in a checkpoint is executed).
     nnU-Net cannot load checkpoints saved from a compiled or DDP-wrapped network (keys prefixed
     ``_orig_mod.`` / ``module.``): those raise ValueError here.
