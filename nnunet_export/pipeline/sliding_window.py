@@ -67,16 +67,8 @@ def mirror_combinations(mirroring_axes: List[int]) -> List[List[int]]:
     axes = [a + 2 for a in mirroring_axes]
     combos: List[List[int]] = [[]]
     result: List[List[int]] = []
-    for size in range(1, len(axes) + 1):
-        combos = _grow(combos, axes)
-        result.extend([c for c in combos if len(c) == size])
+    for _ in axes:
+        # Extending each combination (in order) by every larger axis keeps lexicographic order.
+        combos = [combo + [axis] for combo in combos for axis in axes if not combo or axis > combo[-1]]
+        result.extend(combos)
     return result
-
-
-def _grow(combos: List[List[int]], axes: List[int]) -> List[List[int]]:
-    grown: List[List[int]] = []
-    for combo in combos:
-        for axis in axes:
-            if not combo or axis > combo[-1]:
-                grown.append(combo + [axis])
-    return grown
