@@ -90,6 +90,9 @@ PyObject *jr_to_python(const jr_doc *doc, const char *path, const struct cJSON *
 typedef struct plans_config plans_config; /* resolved configuration, defined in plans.c */
 const struct cJSON *plans_config_get(const plans_config *cfg, const char *key, char *path);
 int arch_resolve(const jr_doc *plans, const plans_config *cfg, Py_ssize_t ndim, PyObject *out);
+/* out["resampling"]: data / seg / probabilities function names and checked kwargs
+ * (plans_resampling.c). */
+int plans_resampling(const plans_config *cfg, const jr_doc *doc, PyObject *out);
 
 /* Where arch_kwargs being checked live (arch_kwargs.c): a plans file's architecture block, the
  * old plans keys they were converted from, or a document handed to check_arch_kwargs. */

@@ -360,6 +360,14 @@ static int plans_top_level(const jr_doc *doc, const cJSON *root, PyObject *out)
             return -1;
         }
     }
+    /* The reader/writer class nnU-Net's predictor reads images with (absent in old plans). */
+    item = jr_find(root, "image_reader_writer");
+    if (item == NULL || cJSON_IsNull(item)) {
+        if (jr_put(out, "image_reader_writer", Py_NewRef(Py_None)) < 0) return -1;
+    } else if (jr_expect(doc, "image_reader_writer", item, cJSON_String, "a string") < 0 ||
+               jr_put(out, "image_reader_writer", jr_to_python(doc, "image_reader_writer", item)) < 0) {
+        return -1;
+    }
     /* A custom LabelManager subclass could interpret labels differently: refuse, don't guess. */
     item = jr_find(root, "label_manager");
     if (item != NULL) {
@@ -431,6 +439,7 @@ static int plans_resolve(const jr_doc *plans, const jr_doc *dataset, const cJSON
         plans_normalization(&cfg, channels, &schemes, out) < 0 ||
         plans_intensity(plans, plans->root, schemes, out) < 0 ||
         plans_copy(&cfg, "batch_size", 0, out) < 0 ||
+        plans_resampling(&cfg, plans, out) < 0 ||
         arch_resolve(plans, &cfg, ndim, out) < 0) {
         goto bail;
     }

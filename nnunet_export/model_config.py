@@ -65,6 +65,11 @@ class ModelConfig:
         num_output_channels: LabelManager.num_segmentation_heads.
         previous_stage: configuration whose prediction this cascade stage takes, or None.
         next_stage: ConfigurationManager.next_stage_names (list) or None.
+        resampling: ``{"data" | "seg" | "probabilities": {"function", "order", "order_z",
+            "force_separate_z", "separate_z_anisotropy_threshold"}}``: the resampling function
+            name (None when the plans have none) and its keyword arguments, nnU-Net's defaults
+            filled in.
+        image_reader_writer: plans ``image_reader_writer`` (e.g. ``"SimpleITKIO"``) or None.
     """
 
     dataset_name: str
@@ -94,6 +99,8 @@ class ModelConfig:
     num_output_channels: int
     previous_stage: Optional[str]
     next_stage: Optional[List[str]]
+    resampling: Dict[str, Dict[str, Any]]
+    image_reader_writer: Optional[str]
 
     def to_dict(self) -> Dict[str, Any]:
         """Returns a deep copy of all fields as a dict, ready for ``json.dumps``."""

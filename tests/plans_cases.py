@@ -6,6 +6,7 @@ stored: `nnunet_reference` computes them with nnunetv2's PlansManager, Configura
 LabelManager and determine_num_input_channels.
 """
 import copy
+import inspect
 import json
 import os
 import warnings
@@ -170,4 +171,17 @@ def nnunet_reference(model_dir, configuration):
         "num_output_channels": lm.num_segmentation_heads,
         "previous_stage": cm.previous_stage_name,
         "next_stage": cm.next_stage_names,
+        "resampling": {target: _resampling(cm, target) for target in ("data", "seg", "probabilities")},
+        "image_reader_writer": pm.plans.get("image_reader_writer"),
     })
+
+
+def _resampling(cm, target: str) -> dict:
+    """The function nnU-Net binds for `target` and every argument it gets, defaults included."""
+    bound = getattr(cm, f"resampling_fn_{target}")
+    arguments = inspect.signature(bound.func).bind_partial(**bound.keywords)
+    arguments.apply_defaults()
+    return {"function": bound.func.__name__, "order": arguments.arguments["order"],
+            "order_z": arguments.arguments["order_z"],
+            "force_separate_z": arguments.arguments["force_separate_z"],
+            "separate_z_anisotropy_threshold": float(arguments.arguments["separate_z_anisotropy_threshold"])}

@@ -392,3 +392,44 @@ def test_truncated_and_corrupted_files_raise_plans_error(tmp_path):
             raised += 1
     # Truncations always fail; a few byte flips may still leave a valid file (e.g. digit to digit).
     assert raised >= len(damaged) - 60
+
+
+# ---- resampling settings ----
+
+RS = "configurations.3d_fullres.resampling_fn_data_kwargs"
+
+
+def _data_kwargs(**changes):
+    def edit(plans):
+        plans["configurations"]["3d_fullres"]["resampling_fn_data_kwargs"].update(changes)
+    return edit
+
+
+@pytest.mark.parametrize("changes, key, detail", [
+    ({"order": 7}, "order", "expected an integer from 0 to 5, found 7"),
+    ({"order_z": "0"}, "order_z", "expected an integer, found a string"),
+    ({"force_separate_z": 1}, "force_separate_z", "expected true, false or null, found a number"),
+    ({"separate_z_anisotropy_threshold": 0}, "separate_z_anisotropy_threshold", "expected a positive number"),
+    ({"is_seg": None}, "is_seg", "expected a boolean, found null"),
+    ({"antialias": True}, "antialias", "is not an argument of nnU-Net's resampling functions (expected is_seg, "
+                                       "order, order_z, force_separate_z or separate_z_anisotropy_threshold)"),
+], ids=["order_range", "order_z_type", "force_type", "threshold", "is_seg_type", "unknown_kwarg"])
+def test_bad_resampling_kwargs_name_the_key(tmp_path, changes, key, detail):
+    plans_error(make(tmp_path, _data_kwargs(**changes)), f"{RS}.{key}", detail)
+
+
+def test_resampling_function_must_be_a_string(tmp_path):
+    def edit(plans):
+        plans["configurations"]["3d_fullres"]["resampling_fn_probabilities"] = 3
+    plans_error(make(tmp_path, edit), "configurations.3d_fullres.resampling_fn_probabilities",
+                "expected a string, found a number")
+
+
+def test_missing_resampling_settings_take_the_function_defaults(tmp_path):
+    def edit(plans):
+        del plans["configurations"]["3d_fullres"]["resampling_fn_seg"]
+        del plans["configurations"]["3d_fullres"]["resampling_fn_seg_kwargs"]
+    config = nnunet_export.read_model_config(make(tmp_path, edit), "3d_fullres")
+    assert config.resampling["seg"] == {"function": None, "order": 3, "order_z": 0, "force_separate_z": False,
+                                        "separate_z_anisotropy_threshold": 3.0}
+    assert config.resampling["data"]["order"] == 3 and config.resampling["probabilities"]["order"] == 1

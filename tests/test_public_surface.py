@@ -38,7 +38,8 @@ SIGNATURES = {
         "has_regions: 'bool', regions: 'Optional[List[Union[int, List[int]]]]', "
         "regions_class_order: 'Optional[List[int]]', ignore_label: 'Optional[int]', all_labels: 'List[int]', "
         "foreground_labels: 'List[int]', num_input_channels: 'int', num_output_channels: 'int', "
-        "previous_stage: 'Optional[str]', next_stage: 'Optional[List[str]]') -> None"),
+        "previous_stage: 'Optional[str]', next_stage: 'Optional[List[str]]', "
+        "resampling: 'Dict[str, Dict[str, Any]]', image_reader_writer: 'Optional[str]') -> None"),
     "ModelInfo": (
         "(model_dir: 'str', config: 'ModelConfig', folds: 'tuple', checkpoint_name: 'str', checkpoint_paths: 'tuple', "
         "trainer_name: 'str', mirroring_axes: 'Optional[tuple]', weights_sha256: 'Sequence[str]', scriptable: 'bool', "
