@@ -14,7 +14,7 @@ float32 the Gaussian's underflowing tails would move logits near the volume bord
 """
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,8 @@ from ..export_writer import ExportReport, check_verify, export_module
 from ..metadata import build_metadata
 from ..model_info import ModelInfo
 from .errors import PipelineInputError, PipelineSettingsError
+from .export_prediction import PredictionExport
+from .preprocessing import Preprocessing
 from .sliding_window import padding_for, tile_starts
 
 # Messages raised inside scripted code are f-strings at the raise: TorchScript cannot call
@@ -42,7 +44,8 @@ class Pipeline(nn.Module):
     def __init__(self, networks: List[nn.Module], gaussian: Tensor, patch_size: List[int],
                  mirror_axes: List[List[int]], tile_step_size: float, use_gaussian: bool, exact: bool,
                  num_input_channels: int, num_heads: int, slice_by_slice: bool, cascade: bool,
-                 info: ModelInfo, settings: dict):
+                 info: ModelInfo, settings: dict, preprocessing: Preprocessing, export: PredictionExport,
+                 image_path_error: str):
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.register_buffer("gaussian", gaussian, persistent=True)
@@ -57,15 +60,23 @@ class Pipeline(nn.Module):
         self.cascade: bool = cascade
         self.info = info
         self.settings = settings
+        self.preprocessing = preprocessing
+        self.prediction_export = export
+        # Why preprocess/forward cannot run for this model ("" when they can): the cascade, or plans
+        # naming a resampling function or normalization the pipeline does not reproduce.
+        self.image_path_error: str = image_path_error
 
     def to_torchscript(self, path: Union[str, os.PathLike], *, verify: Union[bool, str] = True, tolerance: float = 0.0,
                        progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
         """Script the pipeline and write it atomically with its metadata (settings included).
 
         ``verify`` reloads the file and compares it with this module (default tolerance 0: the
-        same values) on a small volume, and every weight bit for bit. ``True``: the sliding window
-        of fold 0 without mirror passes (``predict_logits_of``, the code ``predict_logits`` runs;
-        one network pass per side however many folds); ``"full"``: ``predict_logits`` itself.
+        same values) on a small image (:meth:`example_inputs`), and every weight bit for bit:
+        ``True``: :meth:`preprocess`, the sliding window of fold 0 without mirror passes
+        (``predict_logits_of``, the code ``predict_logits`` runs; one network pass per side however
+        many folds) and :meth:`segmentation_from_logits`; ``"full"``: the same with
+        ``predict_logits`` itself. A model without the image path (a cascade stage) is checked on
+        a small preprocessed volume instead.
 
         Raises:
             PipelineSettingsError: a fold network is not scriptable (built by a trainer's code).
@@ -76,10 +87,37 @@ class Pipeline(nn.Module):
         metadata = build_metadata(self.info, self.networks, method="script", file_format="torchscript",
                                   pipeline=dict(self.settings))
         check_verify(verify)
-        call = _predict_logits if verify == "full" else _fold_zero_without_mirroring
+        if self.image_path_error != "":
+            # No image path (cascade, plans the pipeline cannot reproduce): check predict_logits.
+            inputs = self._verification_volumes()
+            call = _predict_logits if verify == "full" else _fold_zero_without_mirroring
+        else:
+            image, spacing = self.example_inputs()
+            inputs = [image]
+            call = _ImagePathCheck(spacing, full=verify == "full")
         return export_module(self, Path(path), file_format="torchscript", method="script", metadata=metadata,
-                             inputs=self._verification_volumes(), verify=bool(verify), tolerance=tolerance,
+                             inputs=inputs, verify=bool(verify), tolerance=tolerance,
                              say=progress or _silent, call=call)
+
+    @torch.jit.unused
+    def example_inputs(self) -> Tuple[Tensor, Tensor]:
+        """A small deterministic ``(image, spacing)`` for :meth:`forward`: raw values in [0, 255)
+        (valid for every normalization scheme), at a spacing 10 % off the configuration's on two
+        axes so that resampling runs both ways, of a size that fits one tile after resampling."""
+        patch = self.patch_size
+        target = [float(s) for s in self.preprocessing.target_spacing]
+        if self.slice_by_slice:
+            spatial = [2] + [max(2, p // 2 + 1) for p in patch]
+            target = [1.0] + target
+        else:
+            spatial = [max(2, p // 2 + 1) for p in patch]
+        spacing = [target[0], target[1] * 1.1, target[2] * 0.9]
+        backward = self.prediction_export.transpose_backward
+        generator = torch.Generator().manual_seed(20240602)
+        image = torch.rand([self.preprocessing.num_channels] + [spatial[a] for a in backward],
+                           generator=generator, dtype=torch.float32) * 255.0
+        return (image.to(self.gaussian.device),
+                torch.tensor([spacing[a] for a in backward], dtype=torch.float64))
 
     @torch.jit.unused
     def _verification_volumes(self) -> List[Tensor]:
@@ -92,8 +130,49 @@ class Pipeline(nn.Module):
         volume = torch.randn([self.num_input_channels] + spatial, generator=generator, dtype=torch.float32)
         return [volume.to(device)]
 
-    def forward(self, data: Tensor) -> Tensor:
-        return self.predict_logits(data)
+    def forward(self, image: Tensor, spacing: Tensor) -> Tensor:
+        """The segmentation nnU-Net's ``predict_single_npy_array`` returns for ``image``
+        (channels, z, y, x; float32 as nnU-Net's reader gives it) with ``spacing``
+        (``properties["spacing"]``: z, y, x, float64): uint8 (uint16 for 255 or more foreground
+        labels) in the image's geometry."""
+        if not torch.jit.is_scripting():
+            spacing = _spacing_tensor(spacing)
+        data, properties = self.preprocess(image, spacing)
+        return self.segmentation_from_logits(self.predict_logits(data), properties)
+
+    @torch.jit.export
+    def predict_with_probabilities(self, image: Tensor, spacing: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(segmentation, probabilities)`` as ``predict_single_npy_array(...,
+        save_or_return_probabilities=True)`` returns them: probabilities float32 (classes or
+        regions, z, y, x), the segmentation computed from them."""
+        if not torch.jit.is_scripting():
+            spacing = _spacing_tensor(spacing)
+        data, properties = self.preprocess(image, spacing)
+        return self.probabilities_from_logits(self.predict_logits(data), properties)
+
+    @torch.jit.export
+    def preprocess(self, image: Tensor, spacing: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(data, properties)``: ``data`` as ``DefaultPreprocessor.run_case_npy`` gives it (the
+        input of :meth:`predict_logits`), ``properties`` what the export back needs."""
+        if not torch.jit.is_scripting():
+            spacing = _spacing_tensor(spacing)
+        if self.image_path_error != "":
+            raise PipelineSettingsError(self.image_path_error)
+        return self.preprocessing.run(image, spacing)
+
+    @torch.jit.export
+    def segmentation_from_logits(self, logits: Tensor, properties: Dict[str, Tensor]) -> Tensor:
+        """``convert_predicted_logits_to_segmentation_with_correct_shape(logits, ...)``."""
+        if self.image_path_error != "":
+            raise PipelineSettingsError(self.image_path_error)
+        return self.prediction_export.segmentation(logits, properties)
+
+    @torch.jit.export
+    def probabilities_from_logits(self, logits: Tensor, properties: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """The same with ``return_probabilities=True``: ``(segmentation, probabilities)``."""
+        if self.image_path_error != "":
+            raise PipelineSettingsError(self.image_path_error)
+        return self.prediction_export.with_probabilities(logits, properties)
 
     @torch.jit.export
     def predict_logits(self, data: Tensor) -> Tensor:
@@ -216,8 +295,32 @@ class Pipeline(nn.Module):
         return logits
 
 
+@torch.jit.unused
+def _spacing_tensor(spacing: Any) -> Tensor:
+    """Eager calls may pass the spacing as nnU-Net's properties hold it (a list or tuple of floats)."""
+    if isinstance(spacing, Tensor):
+        return spacing
+    return torch.tensor([float(value) for value in spacing], dtype=torch.float64)
+
+
 def _silent(line: str) -> None:
     pass
+
+
+class _ImagePathCheck:
+    """Verification call for the image path: preprocessing, the sliding window (fold 0 without
+    mirror passes; ``full``: :meth:`Pipeline.predict_logits`) and the export back, their three
+    results in one tensor so that the file is compared with the module on each."""
+
+    def __init__(self, spacing: Tensor, full: bool):
+        self.spacing = spacing
+        self.full = full
+
+    def __call__(self, module, image: Tensor) -> Tensor:
+        data, properties = module.preprocess(image, self.spacing)
+        logits = module.predict_logits(data) if self.full else module.predict_logits_of(data, [0], False)
+        segmentation = module.segmentation_from_logits(logits, properties)
+        return torch.cat([data.flatten(), logits.float().flatten(), segmentation.float().flatten()])
 
 
 def _predict_logits(module, data: Tensor) -> Tensor:

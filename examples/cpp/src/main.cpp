@@ -5,6 +5,10 @@
 //   nnunet_infer PIPELINE.pt INPUT.raw OUTPUT.raw --shape C,D,H,W  (a whole pipeline: one
 //       preprocessed volume through predict_logits; its fp16 logits are written as float32,
 //       which holds every fp16 value exactly)
+//   nnunet_infer PIPELINE.pt IMAGE.raw SEG.raw --shape C,Z,Y,X --spacing Z,Y,X  (a whole
+//       pipeline from the image as nnU-Net's reader gives it, float32, to the segmentation
+//       nnU-Net writes, in the image's geometry: raw uint8, or uint16 little-endian for 255 or
+//       more foreground labels)
 //
 // Exit status: 0 on success, 2 on a usage error, 1 on any other error; every error is one
 // line on stderr starting with "nnunet_infer: error: ".
@@ -25,7 +29,8 @@ using nnunet_infer::Metadata;
 
 constexpr char kMetadataName[] = "nnunet_export.json";
 constexpr char kUsage[] =
-    "usage: nnunet_infer MODEL.pt INPUT.raw OUTPUT.raw --shape N,C,D,H,W (2D: N,C,H,W; pipelines: C,D,H,W)";
+    "usage: nnunet_infer MODEL.pt INPUT.raw OUTPUT.raw --shape N,C,D,H,W (2D: N,C,H,W; pipelines: C,D,H,W; "
+    "pipelines from the image: C,Z,Y,X --spacing Z,Y,X)";
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -36,15 +41,24 @@ struct Arguments {
     std::string input;
     std::string output;
     std::vector<int64_t> shape;
+    std::vector<double> spacing;  // empty: no --spacing
 };
 
 Arguments parse_arguments(int argc, char** argv) {
     Arguments args;
     std::vector<std::string> positional;
     std::string shape_text;
+    std::string spacing_text;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
-        if (arg == "--shape") {
+        if (arg == "--spacing") {
+            if (i + 1 >= argc) {
+                throw UsageError("--spacing needs a value");
+            }
+            spacing_text = argv[++i];
+        } else if (arg.rfind("--spacing=", 0) == 0) {
+            spacing_text = arg.substr(10);
+        } else if (arg == "--shape") {
             if (i + 1 >= argc) {
                 throw UsageError("--shape needs a value");
             }
@@ -69,6 +83,9 @@ Arguments parse_arguments(int argc, char** argv) {
     args.input = positional[1];
     args.output = positional[2];
     args.shape = nnunet_infer::parse_shape(shape_text);
+    if (!spacing_text.empty()) {
+        args.spacing = nnunet_infer::parse_spacing(spacing_text);
+    }
     return args;
 }
 
@@ -101,7 +118,11 @@ torch::jit::Module load_model(const std::string& path, Metadata& meta) {
     return module;
 }
 
-void check_input_shape(const std::vector<int64_t>& shape, const Metadata& meta) {
+void check_input_shape(const std::vector<int64_t>& shape, const Metadata& meta, bool image_input) {
+    if (image_input && !meta.pipeline) {
+        throw std::runtime_error("--spacing needs a whole pipeline file (model.pipeline() exported); this file holds "
+                                 "the network alone");
+    }
     if (meta.pipeline) {
         // One volume (C, X, Y, Z); a 2D configuration predicts it slice by slice (C, slices, X, Y).
         if (shape.size() != 4 || shape[0] != meta.num_input_channels) {
@@ -131,7 +152,8 @@ int run(const Arguments& args) {
     torch::jit::Module module = load_model(args.model, meta);
     std::cout << std::left << "model             " << args.model << '\n';
     nnunet_infer::print_metadata(std::cout, meta);
-    check_input_shape(args.shape, meta);
+    const bool image_input = !args.spacing.empty();
+    check_input_shape(args.shape, meta, image_input);
 
     std::vector<float> input_values = nnunet_infer::read_float32_le(args.input, nnunet_infer::shape_numel(args.shape));
     // from_blob does not copy: input_values must outlive the forward pass, which it does.
@@ -143,7 +165,14 @@ int run(const Arguments& args) {
         c10::InferenceMode guard;
         torch::jit::IValue result;
         try {
-            result = meta.pipeline ? module.get_method("predict_logits")({input}) : module.forward({input});
+            if (image_input) {
+                const torch::Tensor spacing = torch::tensor(args.spacing, torch::kFloat64);
+                result = module.forward({input, spacing});
+            } else if (meta.pipeline) {
+                result = module.get_method("predict_logits")({input});
+            } else {
+                result = module.forward({input});
+            }
         } catch (const c10::Error& err) {
             throw std::runtime_error("forward failed on input " + nnunet_infer::shape_to_string(args.shape) + ": " +
                                      first_line(err.what_without_backtrace()));
@@ -152,13 +181,18 @@ int run(const Arguments& args) {
             throw std::runtime_error("forward returned " + result.tagKind() +
                                      ", expected one Tensor (was the model exported with deep supervision?)");
         }
-        output = result.toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
+        output = result.toTensor().to(torch::kCPU);
+        // Logits go out as float32 (exact for fp16); a segmentation keeps its integer type.
+        output = (image_input ? output : output.to(torch::kFloat32)).contiguous();
     }
     const std::vector<int64_t> output_shape(output.sizes().begin(), output.sizes().end());
-    nnunet_infer::write_float32_le(args.output, output.data_ptr<float>(), output.numel());
+    const int64_t element_bytes = static_cast<int64_t>(output.element_size());
+    nnunet_infer::write_raw_le(args.output, output.data_ptr(), output.numel(), element_bytes);
+    const std::string type = image_input ? (element_bytes == 1 ? "uint8" : "uint16") : "float32";
     std::cout << "input shape       " << nnunet_infer::shape_to_string(args.shape) << '\n'
               << "output shape      " << nnunet_infer::shape_to_string(output_shape) << '\n'
-              << "wrote             " << args.output << " (" << output.numel() * 4 << " bytes float32)\n";
+              << "wrote             " << args.output << " (" << output.numel() * element_bytes << " bytes " << type
+              << ")\n";
     return 0;
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -23,13 +25,13 @@ bool host_is_little_endian() {
 }
 
 // The raw format is little-endian whatever the host is; swapping in place keeps one buffer.
-void swap_bytes_if_big_endian(float* data, int64_t numel) {
-    if (host_is_little_endian()) {
+void swap_bytes_if_big_endian(void* data, int64_t numel, int64_t element_bytes) {
+    if (host_is_little_endian() || element_bytes == 1) {
         return;
     }
-    auto* bytes = reinterpret_cast<unsigned char*>(data);
+    auto* bytes = static_cast<unsigned char*>(data);
     for (int64_t i = 0; i < numel; ++i) {
-        std::reverse(bytes + i * kFloatBytes, bytes + (i + 1) * kFloatBytes);
+        std::reverse(bytes + i * element_bytes, bytes + (i + 1) * element_bytes);
     }
 }
 
@@ -104,27 +106,61 @@ std::vector<float> read_float32_le(const std::string& path, int64_t numel) {
         throw std::runtime_error("input '" + path + "': read failed after " + std::to_string(in.gcount()) +
                                  " of " + std::to_string(expected) + " bytes");
     }
-    swap_bytes_if_big_endian(values.data(), numel);
+    swap_bytes_if_big_endian(values.data(), numel, kFloatBytes);
     return values;
 }
 
-void write_float32_le(const std::string& path, const float* data, int64_t numel) {
-    std::vector<float> copy;
-    if (!host_is_little_endian()) {
-        copy.assign(data, data + numel);
-        swap_bytes_if_big_endian(copy.data(), numel);
+std::vector<double> parse_spacing(const std::string& text) {
+    const std::string allowed = "expected Z,Y,X: three positive numbers (the image's spacing in mm, z first)";
+    std::vector<double> spacing;
+    size_t start = 0;
+    while (true) {
+        const size_t comma = text.find(',', start);
+        const size_t end = comma == std::string::npos ? text.size() : comma;
+        const std::string entry = text.substr(start, end - start);
+        char* stop = nullptr;
+        errno = 0;
+        const double value = entry.empty() ? 0.0 : std::strtod(entry.c_str(), &stop);
+        if (entry.empty() || errno != 0 || stop != entry.c_str() + entry.size() || !std::isfinite(value) ||
+            value <= 0.0) {
+            throw std::runtime_error("--spacing '" + text + "': entry '" + entry + "' is not a positive number; " +
+                                     allowed);
+        }
+        spacing.push_back(value);
+        if (comma == std::string::npos) {
+            break;
+        }
+        start = comma + 1;
+    }
+    if (spacing.size() != 3) {
+        throw std::runtime_error("--spacing '" + text + "' has " + std::to_string(spacing.size()) + " entries; " +
+                                 allowed);
+    }
+    return spacing;
+}
+
+void write_raw_le(const std::string& path, const void* data, int64_t numel, int64_t element_bytes) {
+    std::vector<unsigned char> copy;
+    if (!host_is_little_endian() && element_bytes > 1) {
+        const auto* bytes = static_cast<const unsigned char*>(data);
+        copy.assign(bytes, bytes + numel * element_bytes);
+        swap_bytes_if_big_endian(copy.data(), numel, element_bytes);
         data = copy.data();
     }
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     if (!out) {
         throw std::runtime_error("output '" + path + "' cannot be opened for writing: " + std::strerror(errno));
     }
-    out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(numel * kFloatBytes));
+    out.write(static_cast<const char*>(data), static_cast<std::streamsize>(numel * element_bytes));
     out.close();
     if (!out) {
-        throw std::runtime_error("output '" + path + "': writing " + std::to_string(numel * kFloatBytes) +
+        throw std::runtime_error("output '" + path + "': writing " + std::to_string(numel * element_bytes) +
                                  " bytes failed (disk full?)");
     }
+}
+
+void write_float32_le(const std::string& path, const float* data, int64_t numel) {
+    write_raw_le(path, data, numel, kFloatBytes);
 }
 
 }  // namespace nnunet_infer

@@ -21,6 +21,12 @@ std::string shape_to_string(const std::vector<int64_t>& shape);
 // Reads exactly `numel` little-endian float32 values; the file size must be numel * 4 bytes.
 std::vector<float> read_float32_le(const std::string& path, int64_t numel);
 
+// "Z,Y,X": three positive finite numbers (an image's spacing in mm, as nnU-Net's readers give it).
+std::vector<double> parse_spacing(const std::string& text);
+
+// Writes `numel` elements of `element_bytes` each (1, 2, 4 or 8) from `data`, little-endian.
+void write_raw_le(const std::string& path, const void* data, int64_t numel, int64_t element_bytes);
+
 // Writes `numel` floats from `data` as little-endian float32.
 void write_float32_le(const std::string& path, const float* data, int64_t numel);
 
