@@ -15,7 +15,7 @@ from preprocessing_cases import ALL_CASES, REPRESENTATIVE_FIXTURES, cases_for
 CASE_IDS = [c.id for c in ALL_CASES]
 
 
-def _configuration_spacing(nnunet_fixture, fixture_name):
+def _configuration_manager(nnunet_fixture, fixture_name):
     fixture = nnunet_fixture(fixture_name)
     _, configuration_manager, _ = nnunet_managers(fixture.model_dir, fixture.configuration)
     return configuration_manager
@@ -47,7 +47,7 @@ def test_case_images_are_deterministic_and_shaped_like_simpleitkio(case):
 
 @pytest.mark.parametrize("name", REPRESENTATIVE_FIXTURES)
 def test_native_spacing_is_the_plans_target(nnunet_fixture, name):
-    configuration_manager = _configuration_spacing(nnunet_fixture, name)
+    configuration_manager = _configuration_manager(nnunet_fixture, name)
     native = next(c for c in cases_for(name) if c.id.endswith("-native"))
     assert list(native.target_spacing_zyx[-len(configuration_manager.spacing):]) == configuration_manager.spacing
 
@@ -64,7 +64,7 @@ def test_preprocessing_takes_the_named_path(nnunet_fixture, case):
     assert seg.shape == (1, *data.shape[1:]) and seg.dtype == np.int8
     assert properties["shape_before_cropping"] == image.shape[1:]
 
-    configuration_manager = _configuration_spacing(nnunet_fixture, case.fixture)
+    configuration_manager = _configuration_manager(nnunet_fixture, case.fixture)
     target = list(configuration_manager.spacing)
     if len(target) == 2:
         target = [spacing[0], *target]
