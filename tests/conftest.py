@@ -30,7 +30,7 @@ def nnunet_fixture():
 
     def get(name: str, size: str = "tiny") -> nnunet_fixtures.ModelFixture:
         if (name, size) not in known:
-            names = nnunet_fixtures.FIXTURE_NAMES if size == "tiny" else (name,)
+            names = nnunet_fixtures.TINY_FIXTURE_NAMES if size == "tiny" else (name,)
             for fixture_name, fixture in nnunet_fixtures.build_fixtures(names, size).items():
                 known[(fixture_name, size)] = fixture
         return known[(name, size)]

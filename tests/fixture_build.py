@@ -158,6 +158,40 @@ def _regions_case(spec: DatasetSpec, rng: np.random.Generator):
     return [t1.astype(np.float32), t2.astype(np.float32)], seg
 
 
+def _ellipsoid(shape, center, radii_mm, spacing):
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum((((g - c) * sp) / r) ** 2 for g, c, sp, r in zip(grids, center, spacing, radii_mm)) <= 1.0
+
+
+def _masked_case(spec: DatasetSpec, rng: np.random.Generator):
+    """Two-channel "MRI" that is exactly 0 outside an ellipsoidal body (the bounding box of the
+    body is about a third of the image) and in a closed cavity inside it, which nnU-Net's
+    nonzero mask fills. An organ (label 1) and a lesion (label 2) lie in the body, away from the
+    cavity; every body voxel is >= 1 in both channels."""
+    shape = _case_shape(spec, rng)
+    spacing = np.array(spec.spacing_zyx)
+    extent_mm = np.array(shape) * spacing
+    center = np.array([rng.uniform(0.47, 0.53) * s for s in shape])
+    body_radii = extent_mm * np.array([0.36, 0.38, 0.36]) * rng.uniform(0.95, 1.05)
+    body = _ellipsoid(shape, center, body_radii, spacing)
+
+    def inside(offset_fraction, radius_mm):  # a ball at center + offset * body radius
+        at = center + np.array(offset_fraction) * body_radii / spacing
+        return _ellipsoid(shape, at, [radius_mm] * 3, spacing)
+
+    seg = np.zeros(shape, dtype=np.uint8)
+    seg[inside([0.0, -0.4, 0.25], 0.35 * body_radii[1:].min())] = 1
+    seg[inside([0.0, 0.45, 0.2], 0.25 * body_radii[1:].min())] = 2
+    cavity = inside([0.0, 0.05, -0.4], max(spacing[0] * 1.1, 0.22 * body_radii[1:].min()))
+    seg[~body | cavity] = 0
+
+    def channel(per_label):
+        values = np.array(per_label, dtype=np.float64)[seg] + rng.normal(0, 25, shape)
+        return np.where(body & ~cavity, np.maximum(values, 1.0), 0.0).astype(np.float32)
+
+    return [channel([300.0, 380.0, 460.0]), channel([150.0, 350.0, 100.0])], seg
+
+
 def _dataset_json_args(spec: DatasetSpec) -> dict:
     if spec.kind == "labels":
         return dict(channel_names={0: "CT"}, labels={"background": 0, "ball": 1, "box": 2})
@@ -167,7 +201,9 @@ def _dataset_json_args(spec: DatasetSpec) -> dict:
             labels={"background": 0, "whole": (1, 2), "core": 2},
             regions_class_order=(1, 2),
         )
-    raise ValueError(f"unknown dataset kind {spec.kind!r}; allowed: 'labels', 'regions'")
+    if spec.kind == "masked":
+        return dict(channel_names={0: "T1", 1: "T2"}, labels={"background": 0, "organ": 1, "lesion": 2})
+    raise ValueError(f"unknown dataset kind {spec.kind!r}; allowed: 'labels', 'regions', 'masked'")
 
 
 def _write_nifti(array: np.ndarray, spacing_zyx, path: Path) -> None:
@@ -185,7 +221,7 @@ def write_raw_dataset(spec: DatasetSpec, raw_root: Path, seed: int) -> Path:
     folder = raw_root / specs.dataset_folder_name(spec)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    make_case = _labels_case if spec.kind == "labels" else _regions_case
+    make_case = {"labels": _labels_case, "regions": _regions_case, "masked": _masked_case}[spec.kind]
     rng = np.random.default_rng(seed)
     for case_index in range(spec.num_cases):
         identifier = f"{spec.dataset_name.lower()}_{case_index:03d}"

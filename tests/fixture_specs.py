@@ -52,7 +52,8 @@ class DatasetSpec:
 
     Attributes:
         dataset_id / dataset_name: nnU-Net's DatasetXXX_Name.
-        kind: "labels" (one label per structure, softmax) or "regions" (overlapping regions).
+        kind: "labels" (one label per structure, softmax), "regions" (overlapping regions) or
+            "masked" (two MR-like channels, exactly zero outside a body with an enclosed hole).
         num_cases: training cases (>= 5 so nnU-Net's 5-fold split works).
         shape_zyx: median image shape; cases vary by a few voxels around it.
         spacing_zyx: voxel spacing in mm.
@@ -140,6 +141,12 @@ def _regions(dataset_id: int, shape_zyx, num_cases: int) -> DatasetSpec:
     return DatasetSpec(dataset_id, "Regions", "regions", num_cases, shape_zyx, (2.0, 1.0, 1.0))
 
 
+def _masked(dataset_id: int, shape_zyx, num_cases: int) -> DatasetSpec:
+    # z spacing / in-plane spacing > 3 (nnU-Net's anisotropy threshold): the target spacing is
+    # anisotropic, so nnU-Net resamples every image to it with the separate-z path.
+    return DatasetSpec(dataset_id, "Masked", "masked", num_cases, shape_zyx, (3.0, 0.85, 0.85))
+
+
 # Tiny: a 0.002 GB "GPU memory target" makes the planner pick a patch small enough (12x20x16) that
 # nnU-Net itself adds a 3d_lowres configuration (fullres patch < 25 % of the median image), so the
 # cascade exists without editing plans. 4 base features keep every network a few thousand params.
@@ -151,6 +158,11 @@ _TINY_GROUPS = {
     )),
     "regions": GroupSpec("regions", _regions(902, (24, 40, 40), 6), (
         PlannerSpec("ExperimentPlanner", DEFAULT_PLANS, ("3d_fullres",), **_TINY_PLANNERS),
+    )),
+    # Zero background around the body: the fingerprint's median size after cropping is < 75 %,
+    # so the planner normalises inside the nonzero mask (use_mask_for_norm) with ZScore (MR).
+    "masked": GroupSpec("masked", _masked(903, (14, 40, 36), 5), (
+        PlannerSpec("ExperimentPlanner", DEFAULT_PLANS, ("2d", "3d_fullres"), **_TINY_PLANNERS),
     )),
 }
 
@@ -199,6 +211,8 @@ def _variants(size: str) -> dict[str, VariantSpec]:
             VariantSpec("bn", "shapes", "3d_fullres", (0,), trainer="nnUNetTrainerBN",
                         runs=(run("3d_fullres", 0, trainer="nnUNetTrainerBN"),)),
             VariantSpec("regions", "regions", "3d_fullres", (0,), runs=(run("3d_fullres", 0),)),
+            VariantSpec("masked", "masked", "3d_fullres", (0,), runs=(run("3d_fullres", 0),)),
+            VariantSpec("masked_2d", "masked", "2d", (0,), runs=(run("2d", 0),)),
             VariantSpec("multifold", "shapes", "3d_fullres", (0, 1, 2, "all"),
                         runs=tuple(run("3d_fullres", f) for f in (0, 1, 2, "all"))),
             # Three epochs: best is written after epoch 0 and whenever the EMA pseudo Dice improves,

@@ -3,6 +3,8 @@
 Public API (others code against it; keep it stable):
 
     FIXTURE_NAMES                 variant names available at size "tiny"
+    PREPROCESSING_FIXTURE_NAMES   further tiny variants for preprocessing/export tests ("masked", ...)
+    TINY_FIXTURE_NAMES            both together: everything get_fixture(name, "tiny") accepts
     REALISTIC_FIXTURE_NAMES       the subset available at size "realistic"
     ModelFixture                  frozen description of one built fixture
     get_fixture(name, size)       build on first use (cached on disk), return its ModelFixture
@@ -52,6 +54,11 @@ FIXTURE_NAMES: tuple[str, ...] = (
     "2d", "3d_fullres", "cascade", "resenc", "bn", "regions", "multifold", "best",
     "orig_mod_prefix", "module_prefix",
 )
+# MR-like images with a zero background (nnU-Net normalises inside the nonzero mask): the
+# preprocessing and export tests use them; kept out of FIXTURE_NAMES, which every export suite
+# runs over.
+PREPROCESSING_FIXTURE_NAMES: tuple[str, ...] = ("masked", "masked_2d")
+TINY_FIXTURE_NAMES: tuple[str, ...] = FIXTURE_NAMES + PREPROCESSING_FIXTURE_NAMES
 REALISTIC_FIXTURE_NAMES: tuple[str, ...] = ("3d_fullres", "resenc", "orig_mod_prefix", "module_prefix")
 _FACTORY_SOURCES = ("nnunet_fixtures.py", "fixture_build.py", "fixture_specs.py", "primus_import_shim.py")
 
@@ -118,7 +125,7 @@ def _key_dir(size: str) -> Path:
 def _check(name: str, size: str) -> None:
     if size not in SIZES:
         raise ValueError(kUnknownSize.format(size=size, allowed=SIZES))
-    available = FIXTURE_NAMES if size == "tiny" else REALISTIC_FIXTURE_NAMES
+    available = TINY_FIXTURE_NAMES if size == "tiny" else REALISTIC_FIXTURE_NAMES
     if name not in available:
         raise ValueError(kUnknownFixture.format(name=name, size=size, available=available))
 
