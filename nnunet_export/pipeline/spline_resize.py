@@ -35,6 +35,11 @@ from torch import Tensor
 #       (get_filter_poles); math.sqrt(3.0) - 2.0 is one ulp away.
 #: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
+#   65536: the float64 elements of one tap block (512 KiB, about what stays in a core's cache).
+
+
+def _tap_block() -> int:
+    return 65536
 
 
 def _spline_pad() -> int:
@@ -50,7 +55,7 @@ def _check_image(image: Tensor, rank: int, new_shape: List[int], what: str) -> N
     if image.dim() != rank:
         raise ValueError(f"{what}: expected a {rank}-D float64 tensor, got {image.dim()}-D")
     if image.dtype != torch.float64:
-        raise ValueError(f"{what}: expected a float64 tensor, got {image.dtype}")
+        raise ValueError(f"{what}: expected a float64 tensor (nnU-Net resizes in float64; convert with .double())")
     expected = rank if what == "resize_like_skimage" else rank - 1
     if len(new_shape) != expected:
         raise ValueError(f"{what}: new_shape must have {expected} sizes, got {new_shape}")
@@ -93,68 +98,62 @@ def _axis_taps(in_len: int, out_len: int, order: int, pad: int) -> Tuple[Tensor,
     return index, torch.stack([w0, w1, w2, w3], dim=1)
 
 
-def _prefilter_axis(coefficients: Tensor, axis: int) -> Tensor:
-    """scipy's cubic spline prefilter (pole sqrt(3) - 2, mode 'nearest' = reflect init) along
-    ``axis``, every line at once; each line sees scipy's operations in scipy's order."""
+def _prefilter_rows(c: Tensor) -> Tensor:
+    """scipy's cubic spline prefilter (mode 'nearest', i.e. the reflect init of ``ni_splines.c``)
+    along dim 0 of the contiguous float64 ``c``, in place: every line at once, each line seeing
+    scipy's operations in scipy's order. Returns ``c``."""
     z = -0.267949192431122706472553658494127633
     gain = (1.0 - z) * (1.0 - 1.0 / z)
-    c = coefficients.movedim(axis, 0).contiguous()
-    c = c * gain
+    c.mul_(gain)
     n = c.shape[0]
     z_n = math.pow(z, float(n))
+    rows = c.unbind(0)
+    tmp = torch.empty_like(rows[0])
     # Causal init, accumulated in c[0] as scipy does: c[0] + z^n c[n-1], then for i = 1 .. n-1
     # z^i (c[i] + z^n c[n-1-i]); at i = n-1, c[n-1-i] is c[0], i.e. the running sum itself.
-    inner = c[1:n - 1]
-    terms = inner + inner.flip(0) * z_n
-    acc = c[0] + c[n - 1] * z_n
-    first = c[0].clone()
     # The powers stay Python floats: scripted torch.tensor(List[float]) and tensor[i] = float
     # round through float32.
+    inner = c[1:n - 1]
+    terms = (inner + inner.flip(0) * z_n).unbind(0)
+    acc = rows[0] + rows[n - 1] * z_n
     z_i = z
     for i in range(n - 2):
-        acc.add_(terms[i] * z_i)
+        torch.mul(terms[i], z_i, out=tmp)
+        acc.add_(tmp)
         z_i = z_i * z
-    acc = acc + (c[n - 1] + acc * z_n) * z_i
-    c[0] = acc * (z / (1.0 - z_n * z_n)) + first
+    acc = acc + (rows[n - 1] + acc * z_n) * z_i
+    rows[0].copy_(acc * (z / (1.0 - z_n * z_n)) + rows[0])
     for i in range(1, n):
-        c[i].add_(c[i - 1] * z)
-    c[n - 1] = c[n - 1] * (z / (z - 1.0))
+        torch.mul(rows[i - 1], z, out=tmp)
+        rows[i].add_(tmp)
+    rows[n - 1].mul_(z / (z - 1.0))
     for i in range(n - 2, -1, -1):
-        c[i] = (c[i + 1] - c[i]) * z
-    return c.movedim(0, axis)
+        torch.sub(rows[i + 1], rows[i], out=tmp)
+        torch.mul(tmp, z, out=rows[i])
+    return c
 
 
-def _accumulate_2d(
+def _accumulate(
     t: Tensor, source: Tensor, index1: Tensor, weight1: Tensor, index2: Tensor, weight2: Tensor
 ) -> None:
-    """``t += (source[:, i1, i2] * w1) * w2`` over the taps of axes 1 then 2 (axis 2 fastest);
-    ``source`` is (rows, p1, p2), already multiplied by any earlier axis' weight."""
-    taps1 = index1.shape[1]
-    taps2 = index2.shape[1]
-    for h1 in range(taps1):
-        stage = torch.index_select(source, 1, index1[:, h1]) * weight1[:, h1].view(1, -1, 1)
-        for h2 in range(taps2):
-            t.add_(torch.index_select(stage, 2, index2[:, h2]) * weight2[:, h2].view(1, 1, -1))
+    """``t += (source[i2, i1, :] * w1) * w2`` over the taps of axis 1 then axis 2 (axis 2
+    fastest). ``source`` is (p2, p1, B), already multiplied by any earlier axis' weight; ``t`` is
+    (o2, o1, B). Every gather copies whole rows, and the blocks are small enough to stay in cache."""
+    o2 = index2.shape[0]
+    gathered = torch.empty([o2, t.shape[1] * t.shape[2]], dtype=t.dtype, device=t.device)
+    flat_t = t.view(o2, -1)
+    for h1 in range(index1.shape[1]):
+        stage = torch.index_select(source, 1, index1[:, h1])
+        stage.mul_(weight1[:, h1].view(1, -1, 1))
+        flat = stage.view(stage.shape[0], -1)
+        for h2 in range(index2.shape[1]):
+            torch.index_select(flat, 0, index2[:, h2], out=gathered)
+            gathered.mul_(weight2[:, h2].view(-1, 1))
+            flat_t.add_(gathered)
 
 
-def _zoom_batch(coefficients: Tensor, new_shape: List[int], order: int, pad: int) -> Tensor:
-    """scipy's zoom sum of (batch, p1, p2) coefficients over the two trailing axes."""
-    in1 = coefficients.shape[1] - 2 * pad
-    in2 = coefficients.shape[2] - 2 * pad
-    index1, weight1 = _axis_taps(in1, new_shape[0], order, pad)
-    index2, weight2 = _axis_taps(in2, new_shape[1], order, pad)
-    t = torch.zeros(
-        [coefficients.shape[0], new_shape[0], new_shape[1]], dtype=torch.float64, device=coefficients.device
-    )
-    _accumulate_2d(t, coefficients, index1.to(t.device), weight1.to(t.device), index2.to(t.device), weight2.to(t.device))
-    return t
-
-
-def _pad_and_prefilter(image: Tensor, order: int, first_axis: int) -> Tuple[Tensor, int]:
-    """(coefficients, pad): the image itself for orders 0 and 1, the edge-padded and prefiltered
-    image for order 3 (only axes from ``first_axis`` on are padded and filtered)."""
-    if order < 3:
-        return image, 0
+def _pad(image: Tensor, first_axis: int) -> Tensor:
+    """``np.pad(image, 12, mode='edge')`` over the axes from ``first_axis`` on."""
     padded = image
     for axis in range(first_axis, image.dim()):
         low = padded.narrow(axis, 0, 1)
@@ -162,9 +161,12 @@ def _pad_and_prefilter(image: Tensor, order: int, first_axis: int) -> Tuple[Tens
         size = [-1] * image.dim()
         size[axis] = _spline_pad()
         padded = torch.cat([low.expand(size), padded, high.expand(size)], dim=axis)
-    for axis in range(first_axis, image.dim()):
-        padded = _prefilter_axis(padded, axis)
-    return padded, _spline_pad()
+    return padded
+
+
+def _device_taps(in_len: int, out_len: int, order: int, pad: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    index, weight = _axis_taps(in_len, out_len, order, pad)
+    return index.to(device), weight.to(device)
 
 
 def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_elements: int = 4194304) -> Tensor:
@@ -196,29 +198,31 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     if list(image.shape) == new_shape:
         return image.clone()
     if image.dim() == 2:
-        coefficients, pad = _pad_and_prefilter(image, order, 0)
-        t = _zoom_batch(coefficients.unsqueeze(0), new_shape, order, pad)[0]
-        return torch.clamp(t, image.min(), image.max())
-    coefficients, pad = _pad_and_prefilter(image, order, 0)
-    index0, weight0 = _axis_taps(image.shape[0], new_shape[0], order, pad)
-    index1, weight1 = _axis_taps(image.shape[1], new_shape[1], order, pad)
-    index2, weight2 = _axis_taps(image.shape[2], new_shape[2], order, pad)
+        return resize_slices_like_skimage(image.unsqueeze(0), new_shape, order, chunk_elements)[0]
     device = image.device
-    index0, weight0 = index0.to(device), weight0.to(device)
-    index1, weight1 = index1.to(device), weight1.to(device)
-    index2, weight2 = index2.to(device), weight2.to(device)
+    pad = 0
+    coefficients = image.contiguous()
+    if order == 3:
+        pad = _spline_pad()
+        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy.
+        coefficients = _prefilter_rows(_pad(image, 0).contiguous())
+        coefficients = _prefilter_rows(coefficients.permute(1, 0, 2).contiguous())
+        coefficients = _prefilter_rows(coefficients.permute(2, 1, 0).contiguous())
+        coefficients = coefficients.permute(1, 2, 0).contiguous()
+    index0, weight0 = _device_taps(image.shape[0], new_shape[0], order, pad, device)
+    index1, weight1 = _device_taps(image.shape[1], new_shape[1], order, pad, device)
+    index2, weight2 = _device_taps(image.shape[2], new_shape[2], order, pad, device)
     out = torch.empty(new_shape, dtype=torch.float64, device=device)
-    plane = coefficients.shape[1] * coefficients.shape[2]
-    rows = max(1, chunk_elements // plane)
+    plane = max(coefficients.shape[1] * coefficients.shape[2], new_shape[1] * new_shape[2])
+    rows = max(1, min(_tap_block(), chunk_elements) // plane)
     for begin in range(0, new_shape[0], rows):
         count = min(rows, new_shape[0] - begin)
-        t = torch.zeros([count, new_shape[1], new_shape[2]], dtype=torch.float64, device=device)
-        chunk_index = index0[begin:begin + count]
-        chunk_weight = weight0[begin:begin + count]
+        t = torch.zeros([new_shape[2], new_shape[1], count], dtype=torch.float64, device=device)
         for h0 in range(index0.shape[1]):
-            source = torch.index_select(coefficients, 0, chunk_index[:, h0]) * chunk_weight[:, h0].view(-1, 1, 1)
-            _accumulate_2d(t, source, index1, weight1, index2, weight2)
-        out[begin:begin + count] = t
+            source = torch.index_select(coefficients, 0, index0[begin:begin + count, h0])
+            source.mul_(weight0[begin:begin + count, h0].view(-1, 1, 1))
+            _accumulate(t, source.permute(2, 1, 0).contiguous(), index1, weight1, index2, weight2)
+        out[begin:begin + count] = t.permute(2, 1, 0)
     return torch.clamp(out, image.min(), image.max())
 
 
@@ -246,16 +250,29 @@ def resize_slices_like_skimage(
     if list(slices.shape[1:]) == new_shape:
         return slices.clone()
     n = slices.shape[0]
+    device = slices.device
     pad = _spline_pad() if order == 3 else 0
-    plane = max((slices.shape[1] + 2 * pad) * (slices.shape[2] + 2 * pad), new_shape[0] * (slices.shape[2] + 2 * pad))
-    batch = max(1, chunk_elements // plane)
-    out = torch.empty([n, new_shape[0], new_shape[1]], dtype=torch.float64, device=slices.device)
+    index1, weight1 = _device_taps(slices.shape[1], new_shape[0], order, pad, device)
+    index2, weight2 = _device_taps(slices.shape[2], new_shape[1], order, pad, device)
+    p1 = slices.shape[1] + 2 * pad
+    p2 = slices.shape[2] + 2 * pad
+    batch = max(1, chunk_elements // max(p1 * p2, new_shape[0] * new_shape[1]))
+    out = torch.empty([n, new_shape[0], new_shape[1]], dtype=torch.float64, device=device)
     for begin in range(0, n, batch):
         count = min(batch, n - begin)
         chunk = slices[begin:begin + count]
-        coefficients, pad = _pad_and_prefilter(chunk, order, 1)
-        t = _zoom_batch(coefficients, new_shape, order, pad)
+        if order == 3:
+            # (p1, p2, B): filter axis p1; (p2, p1, B): filter axis p2 and gather from there.
+            source = _prefilter_rows(_pad(chunk, 1).permute(1, 2, 0).contiguous())
+            source = _prefilter_rows(source.permute(1, 0, 2).contiguous())
+        else:
+            source = chunk.permute(2, 1, 0).contiguous()
         low = chunk.amin(dim=[1, 2]).view(count, 1, 1)
         high = chunk.amax(dim=[1, 2]).view(count, 1, 1)
-        out[begin:begin + count] = torch.clamp(t, low, high)
+        rows = max(1, _tap_block() // (new_shape[1] * count))
+        for row in range(0, new_shape[0], rows):
+            nrows = min(rows, new_shape[0] - row)
+            t = torch.zeros([new_shape[1], nrows, count], dtype=torch.float64, device=device)
+            _accumulate(t, source, index1[row:row + nrows], weight1[row:row + nrows], index2, weight2)
+            out[begin:begin + count, row:row + nrows] = torch.clamp(t.permute(2, 1, 0), low, high)
     return out
