@@ -1,0 +1,278 @@
+"""skimage's ``resize(image, shape, order, mode='edge', anti_aliasing=False)`` in float64 torch, bit for bit.
+
+skimage 0.26 hands the image to ``scipy.ndimage.zoom(image, 1 / (in / out), order, mode='nearest',
+grid_mode=True)`` for every order (0 included) and then clips the result to ``[image.min(),
+image.max()]``. scipy 1.17's zoom computes, per output voxel:
+
+* order 3 only: the image padded by 12 voxels with its edge values, then the cubic B-spline
+  prefilter along axes 0, 1, 2 in turn (gain multiply, causal pass with the *reflect* init,
+  anticausal pass), in float64;
+* per axis ``zoom = in / out`` and the coordinate ``((k + 0.5) * zoom - 0.5) + pad``, its first tap
+  ``floor(cc) - order // 2`` (order 0: ``floor(cc + 0.5)``), the taps' indices clamped to the axis,
+  and the spline weights of ``cc - floor(cc)``;
+* ``t = 0.0; t += ((c * w_axis0) * w_axis1) * w_axis2`` over the taps, last axis fastest.
+
+Every step below is the same IEEE operation in the same order (separate multiplies and adds, no
+fused ops), so the results equal scipy's bits. The taps are evaluated in stages (gather along
+axis 0 and multiply by its weight once, then along axis 1, then the last axis), which shares work
+without changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
+
+An equal shape is skimage's copy of the input (scipy's zoom returns early when every factor is 1).
+Only the sign of an exact zero may differ from skimage where the clip meets ``-0.0`` against
+``0.0`` (``clamp`` and ``np.clip`` agree on every other value); NaN inputs are not supported.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+# TorchScript reads no module globals: the constants are literals, named once here.
+#   12: the edge padding scipy's zoom adds before the spline prefilter (_prepad_for_spline_filter).
+#   -0.267949192431122706472553658494127633: the cubic spline's pole as scipy writes it
+#       (get_filter_poles); math.sqrt(3.0) - 2.0 is one ulp away.
+#: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
+CHUNK_ELEMENTS = 1 << 22
+#   65536: the float64 elements of one tap block (512 KiB, about what stays in a core's cache).
+
+
+def _tap_block() -> int:
+    return 65536
+
+
+def _spline_pad() -> int:
+    return 12
+
+
+def _check_order(order: int) -> None:
+    if order != 0 and order != 1 and order != 3:
+        raise ValueError(f"resize_like_skimage: order must be 0, 1 or 3, got {order}")
+
+
+def _check_image(image: Tensor, rank: int, new_shape: List[int], what: str) -> None:
+    if image.dim() != rank:
+        raise ValueError(f"{what}: expected a {rank}-D float64 tensor, got {image.dim()}-D")
+    if image.dtype != torch.float64:
+        raise ValueError(f"{what}: expected a float64 tensor (nnU-Net resizes in float64; convert with .double())")
+    expected = rank if what == "resize_like_skimage" else rank - 1
+    if len(new_shape) != expected:
+        raise ValueError(f"{what}: new_shape must have {expected} sizes, got {new_shape}")
+    for size in new_shape:
+        if size < 1:
+            raise ValueError(f"{what}: new_shape sizes must be >= 1, got {new_shape}")
+    if image.numel() == 0:
+        raise ValueError(f"{what}: the image is empty (shape {list(image.shape)})")
+
+
+def _axis_taps(in_len: int, out_len: int, order: int, pad: int) -> Tuple[Tensor, Tensor]:
+    """Indices (into the padded axis) and weights, both (out_len, order + 1), as scipy's zoom
+    computes them for one axis (``NI_ZoomShift`` and ``get_spline_interpolation_weights``)."""
+    zoom = float(in_len) / float(out_len)
+    cc = torch.arange(out_len, dtype=torch.float64)
+    cc = cc + 0.5
+    cc = cc * zoom
+    cc = cc - 0.5
+    cc = cc + float(pad)
+    padded_len = in_len + 2 * pad
+    if order == 0:
+        start = torch.floor(cc + 0.5).to(torch.int64)
+        index = start.clamp(0, padded_len - 1).view(out_len, 1)
+        return index, torch.ones(out_len, 1, dtype=torch.float64)
+    floor = torch.floor(cc)
+    x = cc - floor
+    start = floor.to(torch.int64) - order // 2
+    offsets = torch.arange(order + 1, dtype=torch.int64)
+    index = (start.view(out_len, 1) + offsets.view(1, order + 1)).clamp(0, padded_len - 1)
+    if order == 1:
+        w0 = 1.0 - x
+        w1 = 1.0 - w0
+        return index, torch.stack([w0, w1], dim=1)
+    y = x
+    z = 1.0 - x
+    w1 = (((y * y) * (y - 2.0)) * 3.0 + 4.0) / 6.0
+    w2 = (((z * z) * (z - 2.0)) * 3.0 + 4.0) / 6.0
+    w0 = ((z * z) * z) / 6.0
+    w3 = ((1.0 - w0) - w1) - w2
+    return index, torch.stack([w0, w1, w2, w3], dim=1)
+
+
+def _prefilter_rows(c: Tensor) -> Tensor:
+    """scipy's cubic spline prefilter (mode 'nearest', i.e. the reflect init of ``ni_splines.c``)
+    along dim 0 of the contiguous float64 ``c``, in place: every line at once, each line seeing
+    scipy's operations in scipy's order. Returns ``c``."""
+    z = -0.267949192431122706472553658494127633
+    gain = (1.0 - z) * (1.0 - 1.0 / z)
+    c.mul_(gain)
+    n = c.shape[0]
+    z_n = math.pow(z, float(n))
+    rows = c.unbind(0)
+    tmp = torch.empty_like(rows[0])
+    # Causal init, accumulated in c[0] as scipy does: c[0] + z^n c[n-1], then for i = 1 .. n-1
+    # z^i (c[i] + z^n c[n-1-i]); at i = n-1, c[n-1-i] is c[0], i.e. the running sum itself.
+    # The powers stay Python floats: scripted torch.tensor(List[float]) and tensor[i] = float
+    # round through float32.
+    inner = c[1:n - 1]
+    terms = (inner + inner.flip(0) * z_n).unbind(0)
+    acc = rows[0] + rows[n - 1] * z_n
+    z_i = z
+    for i in range(n - 2):
+        torch.mul(terms[i], z_i, out=tmp)
+        acc.add_(tmp)
+        z_i = z_i * z
+    acc = acc + (rows[n - 1] + acc * z_n) * z_i
+    rows[0].copy_(acc * (z / (1.0 - z_n * z_n)) + rows[0])
+    for i in range(1, n):
+        torch.mul(rows[i - 1], z, out=tmp)
+        rows[i].add_(tmp)
+    rows[n - 1].mul_(z / (z - 1.0))
+    for i in range(n - 2, -1, -1):
+        torch.sub(rows[i + 1], rows[i], out=tmp)
+        torch.mul(tmp, z, out=rows[i])
+    return c
+
+
+def _accumulate(
+    t: Tensor, source: Tensor, index1: Tensor, weight1: Tensor, index2: Tensor, weight2: Tensor
+) -> None:
+    """``t += (source[i2, i1, :] * w1) * w2`` over the taps of axis 1 then axis 2 (axis 2
+    fastest). ``source`` is (p2, p1, B), already multiplied by any earlier axis' weight; ``t`` is
+    (o2, o1, B). Every gather copies whole rows, and the blocks are small enough to stay in cache."""
+    o2 = index2.shape[0]
+    gathered = torch.empty([o2, t.shape[1] * t.shape[2]], dtype=t.dtype, device=t.device)
+    flat_t = t.view(o2, -1)
+    for h1 in range(index1.shape[1]):
+        stage = torch.index_select(source, 1, index1[:, h1])
+        stage.mul_(weight1[:, h1].view(1, -1, 1))
+        flat = stage.view(stage.shape[0], -1)
+        for h2 in range(index2.shape[1]):
+            torch.index_select(flat, 0, index2[:, h2], out=gathered)
+            gathered.mul_(weight2[:, h2].view(-1, 1))
+            flat_t.add_(gathered)
+
+
+def _pad(image: Tensor, first_axis: int) -> Tensor:
+    """``np.pad(image, 12, mode='edge')`` over the axes from ``first_axis`` on."""
+    padded = image
+    for axis in range(first_axis, image.dim()):
+        low = padded.narrow(axis, 0, 1)
+        high = padded.narrow(axis, padded.shape[axis] - 1, 1)
+        size = [-1] * image.dim()
+        size[axis] = _spline_pad()
+        padded = torch.cat([low.expand(size), padded, high.expand(size)], dim=axis)
+    return padded
+
+
+def _device_taps(in_len: int, out_len: int, order: int, pad: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    index, weight = _axis_taps(in_len, out_len, order, pad)
+    return index.to(device), weight.to(device)
+
+
+def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_elements: int = 4194304) -> Tensor:
+    """``skimage.transform.resize(image, new_shape, order=order, mode='edge', anti_aliasing=False)``
+    for a float64 2-D or 3-D tensor, bit for bit (see the module docstring).
+
+    Args:
+        image: float64 tensor, 2-D or 3-D, no channel axis.
+        new_shape: the output size per axis (one per image axis, each >= 1).
+        order: spline order, 0, 1 or 3.
+        chunk_elements: the most float64 elements one intermediate holds (``CHUNK_ELEMENTS``);
+            the output rows are processed in chunks to stay below it.
+
+    Returns:
+        float64 tensor of ``new_shape``, clipped to ``[image.min(), image.max()]``.
+
+    Raises:
+        ValueError: an order other than 0, 1, 3, a rank other than 2 or 3, a dtype other than
+            float64, a shape of the wrong length or with sizes < 1, an empty image.
+
+    Example:
+        >>> resize_like_skimage(torch.arange(12.0, dtype=torch.float64).view(3, 4), [5, 2], 1).shape
+        torch.Size([5, 2])
+    """
+    _check_order(order)
+    if image.dim() != 2 and image.dim() != 3:
+        raise ValueError(f"resize_like_skimage: expected a 2-D or 3-D float64 tensor, got {image.dim()}-D")
+    _check_image(image, image.dim(), new_shape, "resize_like_skimage")
+    if list(image.shape) == new_shape:
+        return image.clone()
+    if image.dim() == 2:
+        return resize_slices_like_skimage(image.unsqueeze(0), new_shape, order, chunk_elements)[0]
+    device = image.device
+    pad = 0
+    coefficients = image.contiguous()
+    if order == 3:
+        pad = _spline_pad()
+        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy.
+        coefficients = _prefilter_rows(_pad(image, 0).contiguous())
+        coefficients = _prefilter_rows(coefficients.permute(1, 0, 2).contiguous())
+        coefficients = _prefilter_rows(coefficients.permute(2, 1, 0).contiguous())
+        coefficients = coefficients.permute(1, 2, 0).contiguous()
+    index0, weight0 = _device_taps(image.shape[0], new_shape[0], order, pad, device)
+    index1, weight1 = _device_taps(image.shape[1], new_shape[1], order, pad, device)
+    index2, weight2 = _device_taps(image.shape[2], new_shape[2], order, pad, device)
+    out = torch.empty(new_shape, dtype=torch.float64, device=device)
+    plane = max(coefficients.shape[1] * coefficients.shape[2], new_shape[1] * new_shape[2])
+    rows = max(1, min(_tap_block(), chunk_elements) // plane)
+    for begin in range(0, new_shape[0], rows):
+        count = min(rows, new_shape[0] - begin)
+        t = torch.zeros([new_shape[2], new_shape[1], count], dtype=torch.float64, device=device)
+        for h0 in range(index0.shape[1]):
+            source = torch.index_select(coefficients, 0, index0[begin:begin + count, h0])
+            source.mul_(weight0[begin:begin + count, h0].view(-1, 1, 1))
+            _accumulate(t, source.permute(2, 1, 0).contiguous(), index1, weight1, index2, weight2)
+        out[begin:begin + count] = t.permute(2, 1, 0)
+    return torch.clamp(out, image.min(), image.max())
+
+
+def resize_slices_like_skimage(
+    slices: Tensor, new_shape: List[int], order: int, chunk_elements: int = 4194304
+) -> Tensor:
+    """Every ``slices[i]`` resized to ``new_shape`` as ``resize_like_skimage`` would, each clipped to
+    its own min and max (nnU-Net's separate-z path), bit for bit; slices are processed in chunks.
+
+    Args:
+        slices: float64 tensor (n, a, b).
+        new_shape: the in-plane output size [a', b'] (each >= 1).
+        order: spline order, 0, 1 or 3.
+        chunk_elements: as for ``resize_like_skimage``; slices are processed in batches.
+
+    Returns:
+        float64 tensor (n, a', b').
+
+    Raises:
+        ValueError: as ``resize_like_skimage``, for a tensor that is not 3-D or a shape that is not
+            two sizes.
+    """
+    _check_order(order)
+    _check_image(slices, 3, new_shape, "resize_slices_like_skimage")
+    if list(slices.shape[1:]) == new_shape:
+        return slices.clone()
+    n = slices.shape[0]
+    device = slices.device
+    pad = _spline_pad() if order == 3 else 0
+    index1, weight1 = _device_taps(slices.shape[1], new_shape[0], order, pad, device)
+    index2, weight2 = _device_taps(slices.shape[2], new_shape[1], order, pad, device)
+    p1 = slices.shape[1] + 2 * pad
+    p2 = slices.shape[2] + 2 * pad
+    batch = max(1, chunk_elements // max(p1 * p2, new_shape[0] * new_shape[1]))
+    out = torch.empty([n, new_shape[0], new_shape[1]], dtype=torch.float64, device=device)
+    for begin in range(0, n, batch):
+        count = min(batch, n - begin)
+        chunk = slices[begin:begin + count]
+        if order == 3:
+            # (p1, p2, B): filter axis p1; (p2, p1, B): filter axis p2 and gather from there.
+            source = _prefilter_rows(_pad(chunk, 1).permute(1, 2, 0).contiguous())
+            source = _prefilter_rows(source.permute(1, 0, 2).contiguous())
+        else:
+            source = chunk.permute(2, 1, 0).contiguous()
+        low = chunk.amin(dim=[1, 2]).view(count, 1, 1)
+        high = chunk.amax(dim=[1, 2]).view(count, 1, 1)
+        rows = max(1, _tap_block() // (new_shape[1] * count))
+        for row in range(0, new_shape[0], rows):
+            nrows = min(rows, new_shape[0] - row)
+            t = torch.zeros([new_shape[1], nrows, count], dtype=torch.float64, device=device)
+            _accumulate(t, source, index1[row:row + nrows], weight1[row:row + nrows], index2, weight2)
+            out[begin:begin + count, row:row + nrows] = torch.clamp(t.permute(2, 1, 0), low, high)
+    return out
