@@ -13,7 +13,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunet_export.pipeline import resampling
 
 PUBLIC = ["compute_new_shape", "separate_z_axis", "float64_to_float16", "resample_data", "resample_logits",
-          "segmentation_from_logits", "_nearest_along_first"]
+          "segmentation_from_logits", "_nearest_along_first", "_linear_along_first"]
 _SCRIPTED = {}
 
 
@@ -114,16 +114,32 @@ def test_float64_to_float16_rounds_as_numpy(impl):
     assert not torch.equal(torch.from_numpy(values).half()[~nan], expected[~nan])
 
 
-def test_nearest_along_separate_axis_matches_map_coordinates(impl):
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_separate_axis_pass_matches_map_coordinates(impl, order_z):
+    along = impl._nearest_along_first if order_z == 0 else impl._linear_along_first
     rng = np.random.default_rng(3)
     for old in range(1, 26):
-        values = rng.standard_normal((old, 2, 3))
+        values = rng.standard_normal((old, 3, 2))
+        if old > 5:  # scipy's zero-weight taps turn a neighbour's inf into nan
+            values[2, 1, 1], values[4, 0, 0], values[5, 2, 1], values[3, 2, 0] = np.inf, np.nan, -np.inf, np.inf
         for new in range(1, 41):
-            grid = np.mgrid[:new, :2, :3].astype(float)
+            grid = np.mgrid[:new, :3, :2].astype(float)
             grid[0] = float(old) / new * (grid[0] + 0.5) - 0.5
-            expected = scipy.ndimage.map_coordinates(values, grid, order=0, mode="nearest")
-            assert torch.equal(impl._nearest_along_first(torch.from_numpy(values), new), torch.from_numpy(expected)), \
-                (old, new)
+            expected = torch.from_numpy(scipy.ndimage.map_coordinates(values, grid, order=order_z, mode="nearest"))
+            got = along(torch.from_numpy(values), new)
+            assert torch.equal(torch.isnan(got), torch.isnan(expected)), (old, new)
+            assert torch.equal(got.nan_to_num(), expected.nan_to_num()), (old, new)
+
+
+@pytest.mark.parametrize("geometry", ["sep_z_current_axis0", "sep_z_current_axis2_down", "forced_axis1"])
+def test_resample_data_order_z_1_matches_nnunet(impl, geometry):
+    shape, current, new, force, new_shape = _geometry(geometry)
+    data = np.random.default_rng(7).standard_normal((1, *shape)).astype(np.float32)
+    expected = nnunet_resampling.resample_data_or_seg_to_shape(data, new_shape, current, new, is_seg=False, order=3,
+                                                               order_z=1, force_separate_z=force,
+                                                               separate_z_anisotropy_threshold=THRESHOLD)
+    got = impl.resample_data(torch.from_numpy(data), new_shape, current, new, 3, 1, force, THRESHOLD)
+    assert torch.equal(got, torch.from_numpy(expected))
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
@@ -220,8 +236,8 @@ def test_clear_errors(impl):
          "resample_data: the tensor must be (channels, x, y, z) (4 dimensions), got 3 dimensions"),
         (lambda: impl.resample_data(logits, [2, 2], spacing, spacing, 3, 0, None, THRESHOLD),
          "resample_data: new_shape must have 3 entries (x, y, z), got 2"),
-        (lambda: impl.resample_data(logits, [2, 2, 2], spacing, spacing, 3, 1, None, THRESHOLD),
-         "resample_data: order_z must be 0 (nnU-Net's default: nearest along the separate axis), got 1"),
+        (lambda: impl.resample_data(logits, [2, 2, 2], spacing, spacing, 3, 3, None, THRESHOLD),
+         "resample_data: order_z must be 0 (nnU-Net's default: nearest along the separate axis) or 1, got 3"),
         (lambda: impl.resample_data(logits.to(torch.int32), [2, 2, 2], spacing, spacing, 3, 0, None, THRESHOLD),
          "resample_data: data must be float16, float32 or float64, got "
          + ("another dtype" if impl.error is torch.jit.Error else "torch.int32")),

@@ -83,14 +83,15 @@ def float64_to_float16(values: torch.Tensor) -> torch.Tensor:
     rounding is the correct one.
     """
     nearest = values.float()
-    inexact = nearest.double() != values
-    # The last significand bit: frexp's mantissa in [0.5, 1) times 2**24 is the integer significand
-    # (inf and nan give nan, "odd", and stay; float32 subnormals all become a float16 zero anyway).
+    error = values - nearest.double()
+    # The last significand bit: frexp's mantissa in [0.5, 1) times 2**24 is the integer significand.
+    # inf and nan give garbage there, harmlessly: their neighbours round to the same float16.
+    # float32 subnormals, whichever neighbour, become a float16 zero.
     mantissa, _ = torch.frexp(nearest)
-    even = torch.fmod(mantissa * 16777216.0, 2.0) == 0
-    up = torch.full_like(nearest, math.inf)
-    toward = torch.nextafter(nearest, torch.where(values > nearest.double(), up, -up))
-    odd = torch.where(inexact & even, toward, nearest)
+    even = ((mantissa * 16777216.0).to(torch.int32) & 1) == 0
+    # float32 keeps the error's sign even where its magnitude underflows (to a signed zero).
+    toward = torch.nextafter(nearest, torch.copysign(torch.full_like(nearest, math.inf), error.float()))
+    odd = torch.where((error != 0) & even, toward, nearest)
     return odd.half()
 
 
@@ -112,7 +113,40 @@ def _nearest_along_first(values: torch.Tensor, new_size: int) -> torch.Tensor:
     return values.index_select(0, index)
 
 
-def _resample_channel(channel: torch.Tensor, new_shape: List[int], axis: int, order: int) -> torch.Tensor:
+def _shifted_up(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """``values`` at index ``i + 1`` along ``dim``, the last index repeated (scipy's clamped tap)."""
+    last = values.shape[dim] - 1
+    return torch.cat([values.narrow(dim, 1, last), values.narrow(dim, last, 1)], dim)
+
+
+def _linear_along_first(values: torch.Tensor, new_size: int) -> torch.Tensor:
+    """``map_coordinates(order=1, mode='nearest')`` along axis 0 with nnU-Net's coordinates: the
+    coordinate is not clamped, its two taps are (weights ``1 - x`` and ``1 - (1 - x)``), summed from
+    0.0 in tap order. scipy's in-plane taps have weight 0 (integer coordinates): they add a signed
+    zero, or nan where a neighbour is not finite."""
+    old_size = values.shape[0]
+    scale = float(old_size) / float(new_size)
+    coords = scale * (torch.arange(new_size, dtype=torch.float64) + 0.5) - 0.5
+    start = torch.floor(coords)
+    w0 = 1.0 - (coords - start)
+    w1 = 1.0 - w0
+    first = start.clamp(0, old_size - 1).to(torch.int64)
+    second = (start + 1.0).clamp(0, old_size - 1).to(torch.int64)
+    line = [new_size, 1, 1]
+    result = (values.index_select(0, first) * w0.view(line) + 0.0) + values.index_select(0, second) * w1.view(line)
+    across = _shifted_up(values, 1)
+    zero_taps = (across + _shifted_up(values, 2) + _shifted_up(across, 2)) * 0.0
+    return (result + zero_taps.index_select(0, first)) + zero_taps.index_select(0, second)
+
+
+def _along_first(values: torch.Tensor, new_size: int, order_z: int) -> torch.Tensor:
+    if order_z == 0:
+        return _nearest_along_first(values, new_size)
+    return _linear_along_first(values, new_size)
+
+
+def _resample_channel(channel: torch.Tensor, new_shape: List[int], axis: int, order: int,
+                      order_z: int) -> torch.Tensor:
     """One channel (x, y, z) of any float dtype, resized in float64 as nnU-Net does; float64 out."""
     image = channel.to(torch.float64)
     if axis < 0:
@@ -123,7 +157,7 @@ def _resample_channel(channel: torch.Tensor, new_shape: List[int], axis: int, or
             in_plane.append(new_shape[i])
     slices = resize_slices_like_skimage(image.movedim(axis, 0).contiguous(), in_plane, order)
     if slices.shape[0] != new_shape[axis]:
-        slices = _nearest_along_first(slices, new_shape[axis])
+        slices = _along_first(slices, new_shape[axis], order_z)
     return slices.movedim(0, axis)
 
 
@@ -137,8 +171,9 @@ def _check(caller: str, data: torch.Tensor, new_shape: List[int], order_z: int) 
         raise ValueError(f"{caller}: the tensor must be (channels, x, y, z) (4 dimensions), got {data.dim()} dimensions")
     if len(new_shape) != 3:
         raise ValueError(f"{caller}: new_shape must have 3 entries (x, y, z), got {len(new_shape)}")
-    if order_z != 0:
-        raise ValueError(f"{caller}: order_z must be 0 (nnU-Net's default: nearest along the separate axis), got {order_z}")
+    if order_z != 0 and order_z != 1:
+        raise ValueError(f"{caller}: order_z must be 0 (nnU-Net's default: nearest along the separate axis) or 1, "
+                         f"got {order_z}")
 
 
 def _unchanged(data: torch.Tensor, new_shape: List[int]) -> bool:
@@ -157,7 +192,7 @@ def resample_data(data: torch.Tensor, new_shape: List[int], current_spacing: Lis
     Returns:
         ``data`` itself when the shape is unchanged, else a new tensor of ``data``'s dtype.
     Raises:
-        ValueError (torch.jit.Error when scripted): wrong rank, dtype or ``order_z`` (only 0).
+        ValueError (torch.jit.Error when scripted): wrong rank, dtype or ``order_z`` (0 or 1).
     """
     _check("resample_data", data, new_shape, order_z)
     if data.dtype != torch.float16 and data.dtype != torch.float32 and data.dtype != torch.float64:
@@ -169,7 +204,7 @@ def resample_data(data: torch.Tensor, new_shape: List[int], current_spacing: Lis
     shape.extend(new_shape)
     result = torch.empty(shape, dtype=data.dtype)
     for c in range(data.shape[0]):
-        result[c] = _store(_resample_channel(data[c], new_shape, axis, order), data.dtype)
+        result[c] = _store(_resample_channel(data[c], new_shape, axis, order, order_z), data.dtype)
     return result
 
 
@@ -218,7 +253,7 @@ def segmentation_from_logits(logits: torch.Tensor, new_shape: List[int], current
         if unchanged:
             value = logits[c]
         else:
-            value = float64_to_float16(_resample_channel(logits[c], new_shape, axis, order))
+            value = float64_to_float16(_resample_channel(logits[c], new_shape, axis, order, order_z))
         if not labels:
             # sigmoid(float(h)) > 0.5 on the CPU for exactly these float16 h (2**-24 fails it).
             region = torch.full([1], regions_class_order[c], dtype=torch.uint16)  # uint16 has no masked_fill
