@@ -13,12 +13,18 @@ from torch import Tensor, nn
 
 from .cropping import insert_crop
 from .errors import PipelineInputError
-from .preprocessing import BBOX, SHAPE_AFTER_CROPPING, SHAPE_BEFORE_CROPPING, SPACING
 from .resampling import resample_data, segmentation_from_logits
 
 
 class PredictionExport(nn.Module):
     """One configuration's export; see the module docstring."""
+
+    # Class-level annotations: TorchScript cannot infer the type of an empty list.
+    transpose_forward: List[int]
+    transpose_backward: List[int]
+    target_spacing: List[float]
+    regions_class_order: List[int]
+    force_separate_z: Optional[bool]
 
     def __init__(self, transpose_forward: List[int], transpose_backward: List[int], target_spacing: List[float],
                  order: int, order_z: int, force_separate_z: Optional[bool], anisotropy_threshold: float,
@@ -65,11 +71,11 @@ class PredictionExport(nn.Module):
         else:
             probabilities = torch.softmax(values, 0)
             segmentation = torch.argmax(probabilities, 0)
-        full_shape = properties[SHAPE_BEFORE_CROPPING].tolist()
-        full = torch.zeros([self.num_heads] + full_shape, dtype=probabilities.dtype)
+        full_shape, bbox = _crop_geometry(properties)
+        full = insert_crop(probabilities, full_shape, bbox, 0.0)
         if len(self.regions_class_order) == 0:
-            full[0] = 1.0  # outside the crop a label model's probabilities say "background"
-        full = insert_crop(full, probabilities, properties[BBOX].tolist())
+            # Outside the crop a label model's probabilities say "background" (channel 0 is 1).
+            full[0] = insert_crop(probabilities[0], full_shape, bbox, 1.0)
         full = full.permute([0] + [axis + 1 for axis in self.transpose_backward]).contiguous()
         return self._restored(segmentation, properties), full
 
@@ -84,12 +90,13 @@ class PredictionExport(nn.Module):
 
     def _geometry(self, logits: Tensor, properties: Dict[str, Tensor]) -> Tuple[List[int], List[float], List[float]]:
         """(shape after cropping, the logits' spacing, the cropped image's spacing), transposed."""
-        for key in [SPACING, SHAPE_BEFORE_CROPPING, BBOX, SHAPE_AFTER_CROPPING]:
+        for key in ["spacing", "shape_before_cropping", "bbox_used_for_cropping",
+                    "shape_after_cropping_and_before_resampling"]:
             if key not in properties:
-                raise PipelineInputError(f"properties lack {key!r}: pass what preprocess returned")
-        spacing: List[float] = properties[SPACING].to(torch.float64).tolist()
+                raise PipelineInputError(f"properties lack '{key}': pass what preprocess returned")
+        spacing: List[float] = properties["spacing"].to(torch.float64).tolist()
         original = [spacing[axis] for axis in self.transpose_forward]
-        shape: List[int] = properties[SHAPE_AFTER_CROPPING].tolist()
+        shape: List[int] = properties["shape_after_cropping_and_before_resampling"].tolist()
         current = self.target_spacing
         if len(current) < len(shape):
             current = [original[0]] + current
@@ -98,9 +105,16 @@ class PredictionExport(nn.Module):
     def _restored(self, segmentation: Tensor, properties: Dict[str, Tensor]) -> Tensor:
         """The cropped segmentation pasted into zeros of the shape before cropping, transposed back."""
         dtype = torch.uint16 if self.wide_labels else torch.uint8
-        full = torch.zeros(properties[SHAPE_BEFORE_CROPPING].tolist(), dtype=dtype)
-        full = insert_crop(full, segmentation.to(dtype), properties[BBOX].tolist())
+        full_shape, bbox = _crop_geometry(properties)
+        full = insert_crop(segmentation.to(dtype), full_shape, bbox, 0.0)
         return full.permute(self.transpose_backward).contiguous()
+
+
+def _crop_geometry(properties: Dict[str, Tensor]) -> Tuple[List[int], List[List[int]]]:
+    """(shape before cropping, bbox) of ``properties``."""
+    full_shape: List[int] = properties["shape_before_cropping"].tolist()
+    bbox: List[List[int]] = properties["bbox_used_for_cropping"].tolist()
+    return full_shape, bbox
 
 
 __all__ = ["PredictionExport"]

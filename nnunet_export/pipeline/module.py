@@ -40,6 +40,9 @@ class Pipeline(nn.Module):
 
     # Python-only description; TorchScript must not compile it.
     __jit_ignored_attributes__ = ["info", "settings"]
+    # Class-level annotations: TorchScript cannot infer the type of an empty list.
+    mirror_axes: List[List[int]]
+    patch_size: List[int]
 
     def __init__(self, networks: List[nn.Module], gaussian: Tensor, patch_size: List[int],
                  mirror_axes: List[List[int]], tile_step_size: float, use_gaussian: bool, exact: bool,

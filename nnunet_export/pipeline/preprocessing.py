@@ -12,11 +12,10 @@ from .errors import PipelineInputError
 from .normalization import normalize_channel
 from .resampling import compute_new_shape, resample_data
 
-# Names of the properties nnU-Net's preprocessor records (and its export reads back).
-SHAPE_BEFORE_CROPPING = "shape_before_cropping"
-BBOX = "bbox_used_for_cropping"
-SHAPE_AFTER_CROPPING = "shape_after_cropping_and_before_resampling"
-SPACING = "spacing"
+# The properties nnU-Net's preprocessor records and its export reads back (scripted code spells
+# them out: TorchScript cannot read module-level strings).
+PROPERTY_KEYS = ("spacing", "shape_before_cropping", "bbox_used_for_cropping",
+                 "shape_after_cropping_and_before_resampling")
 
 
 class Preprocessing(nn.Module):
@@ -28,6 +27,14 @@ class Preprocessing(nn.Module):
     transposed axis order, as nnU-Net's), ``bbox_used_for_cropping`` (int64, ``(3, 2)``,
     half-open).
     """
+
+    # Class-level annotations: TorchScript cannot infer the type of an empty list or of None.
+    transpose_forward: List[int]
+    target_spacing: List[float]
+    schemes: List[str]
+    use_mask_for_norm: List[bool]
+    intensities: List[List[float]]
+    force_separate_z: Optional[bool]
 
     def __init__(self, transpose_forward: List[int], target_spacing: List[float], num_channels: int,
                  schemes: List[str], use_mask_for_norm: List[bool], intensities: List[List[float]],
@@ -66,17 +73,21 @@ class Preprocessing(nn.Module):
             # 2-D configurations keep the slice axis' own spacing (its size stays unchanged).
             target = [original_spacing[0]] + target
         new_shape = compute_new_shape(shape_after_cropping, original_spacing, target)
-        data = data.contiguous()
+        # nnU-Net normalizes the cropped (and transposed) view channel by channel; numpy's sums
+        # over such a view follow its memory layout, which normalize_channel reproduces.
+        mask = seg[0] if self.needs_mask else seg
+        channels: List[Tensor] = []
         for channel in range(self.num_channels):
-            data[channel] = normalize_channel(data[channel], seg[0], self.schemes[channel],
-                                              self.use_mask_for_norm[channel], self.intensities[channel])
+            channels.append(normalize_channel(data[channel], mask, self.schemes[channel],
+                                              self.use_mask_for_norm[channel], self.intensities[channel]))
+        data = torch.stack(channels)
         data = resample_data(data, new_shape, original_spacing, target, self.order, self.order_z,
                              self.force_separate_z, self.anisotropy_threshold)
         properties: Dict[str, Tensor] = {
-            SPACING: spacing.to(torch.float64).cpu(),
-            SHAPE_BEFORE_CROPPING: torch.tensor(shape_before_cropping, dtype=torch.int64),
-            BBOX: torch.tensor(bbox, dtype=torch.int64),
-            SHAPE_AFTER_CROPPING: torch.tensor(shape_after_cropping, dtype=torch.int64),
+            "spacing": spacing.to(torch.float64).cpu(),
+            "shape_before_cropping": torch.tensor(shape_before_cropping, dtype=torch.int64),
+            "bbox_used_for_cropping": torch.tensor(bbox, dtype=torch.int64),
+            "shape_after_cropping_and_before_resampling": torch.tensor(shape_after_cropping, dtype=torch.int64),
         }
         return data, properties
 
@@ -115,5 +126,4 @@ def checked_image(image: Tensor, num_channels: int) -> Tensor:
     return image
 
 
-__all__ = ["BBOX", "Preprocessing", "SHAPE_AFTER_CROPPING", "SHAPE_BEFORE_CROPPING", "SPACING",
-           "checked_image", "checked_spacing"]
+__all__ = ["PROPERTY_KEYS", "Preprocessing", "checked_image", "checked_spacing"]
