@@ -7,7 +7,8 @@ import torch
 from nnunet_export.pipeline.errors import PipelineSettingsError
 from nnunet_export.pipeline.normalization import (NORMALIZATION_SCHEMES, check_normalization_scheme,
                                                   normalize_channel)
-from nnunet_export.pipeline.numpy_reductions import numpy_float32_mean_std, numpy_float32_sum
+from nnunet_export.pipeline.numpy_reductions import (numpy_float32_mean_std, numpy_float32_sum,
+                                                      numpy_float32_sum_strided)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 schemes = pytest.importorskip("nnunetv2.preprocessing.normalization.default_normalization_schemes")
@@ -143,3 +144,106 @@ def test_check_normalization_scheme():
     with pytest.raises(PipelineSettingsError) as info:
         check_normalization_scheme("FooNormalization")
     assert str(info.value) == UNKNOWN
+
+
+# Strided views: nnU-Net's preprocessor normalizes data[c] of a transposed, cropped (c, z, y, x)
+# array, which numpy sums in memory order in buffered chunks.
+SUM_STRIDED = [numpy_float32_sum_strided, torch.jit.script(numpy_float32_sum_strided)]
+# (memory shape, transpose, crop) that sit on the chunking rule's edges: merged core just under
+# and over 8192, inner run 4096/4097 (buffered vs. row by row), a two-row outer axis (cost tie),
+# axes that merge after the crop, length-1 axes, one contiguous block.
+TRICKY_VIEWS = [
+    ((24, 40, 211), (0, 1, 2), (slice(None), slice(None), slice(5, 200))),
+    ((24, 40, 211), (2, 0, 1), (slice(3, 210), slice(1, 23), slice(2, 39))),
+    ((10, 41, 201), (0, 1, 2), (slice(None), slice(None), slice(1, 201))),
+    ((3, 4, 4100), (0, 1, 2), (slice(None), slice(None), slice(0, 4096))),
+    ((3, 4, 4100), (0, 1, 2), (slice(None), slice(None), slice(0, 4097))),
+    ((5, 2, 300), (1, 0, 2), (slice(None), slice(None), slice(1, 300))),
+    ((6, 30, 300), (0, 1, 2), (slice(1, 5), slice(2, 29), slice(None))),
+    ((6, 30, 300), (2, 1, 0), (slice(7, 8), slice(None), slice(2, 6))),
+    ((17, 33, 65), (0, 1, 2), (slice(2, 15), slice(None), slice(None))),
+    ((5, 7, 9), (1, 2, 0), (slice(1, 6), slice(0, 9), slice(2, 4))),
+    ((40, 128, 128), (2, 0, 1), (slice(10, 100), slice(3, 37), slice(None))),
+]
+
+
+def _views(seed, count):
+    """Seeded (memory shape, transpose, crop) samples from 5x7x9 up to 40x160x160, then the tricky ones."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(count):
+        high = [41, 161, 161] if rng.random() < 0.5 else [12, 40, 40]
+        shape = tuple(int(rng.integers(lo, hi)) for lo, hi in zip([5, 7, 9], high))
+        perm = tuple(int(p) for p in rng.permutation(3))
+        crop = []
+        for axis in perm:
+            start = int(rng.integers(0, shape[axis]))
+            stop = int(rng.integers(start + 1, shape[axis] + 1))
+            crop.append(slice(None) if rng.random() < 0.25 else slice(start, stop))
+        views.append((shape, perm, tuple(crop)))
+    return views + TRICKY_VIEWS
+
+
+def _view_pair(rng, shape, perm, crop):
+    base = _data(rng, int(np.prod(shape))).reshape(shape)
+    view = base.transpose(perm)[crop]
+    tensor = torch.from_numpy(base).permute(perm)[crop]
+    assert tensor.stride() == tuple(s // 4 for s in view.strides)
+    return view, tensor
+
+
+@pytest.mark.parametrize("fn", SUM_STRIDED, ids=IDS)
+def test_sum_strided_views_match_numpy(fn):
+    rng = np.random.default_rng(3)
+    for shape, perm, crop in _views(4, 120):
+        view, tensor = _view_pair(rng, shape, perm, crop)
+        assert torch.equal(fn(tensor), _bits(np.add.reduce(view, axis=None))), (shape, perm, crop)
+
+
+@pytest.mark.parametrize("fn", MEAN_STD, ids=IDS)
+def test_mean_std_strided_views_match_numpy(fn):
+    rng = np.random.default_rng(5)
+    for shape, perm, crop in _views(6, 120):
+        view, tensor = _view_pair(rng, shape, perm, crop)
+        mean, std = fn(tensor)
+        assert torch.equal(mean, _bits(view.mean())) and torch.equal(std, _bits(view.std())), (shape, perm, crop)
+
+
+def test_sum_strided_of_contiguous_and_empty_tensors():
+    rng = np.random.default_rng(7)
+    a = _data(rng, 5 * 70 * 90).reshape(5, 70, 90)
+    assert torch.equal(numpy_float32_sum_strided(torch.from_numpy(a)), numpy_float32_sum(torch.from_numpy(a)))
+    assert torch.equal(numpy_float32_sum_strided(torch.from_numpy(a)), _bits(np.add.reduce(a, axis=None)))
+    empty = numpy_float32_sum_strided(torch.zeros(3, 0, 4).permute(2, 0, 1))
+    assert torch.equal(empty, torch.zeros(())) and not bool(torch.signbit(empty))
+
+
+def test_sum_strided_ct_sized_crop_matches_numpy():
+    rng = np.random.default_rng(8)
+    view, tensor = _view_pair(rng, (40, 512, 512), (0, 2, 1), (slice(3, 38), slice(40, 470), slice(17, 501)))
+    assert torch.equal(numpy_float32_sum_strided(tensor), _bits(np.add.reduce(view, axis=None)))
+    mean, std = numpy_float32_mean_std(tensor)
+    assert torch.equal(mean, _bits(view.mean())) and torch.equal(std, _bits(view.std()))
+
+
+@pytest.mark.parametrize("fn", NORMALIZE, ids=IDS)
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_zscore_on_transposed_cropped_channel_matches_nnunet(fn, use_mask):
+    """The preprocessor's own view: data[c] of data.transpose([0, *tf + 1]) cropped to a bbox."""
+    rng = np.random.default_rng(9 + use_mask)
+    for trial, (shape, transpose_forward, bbox) in enumerate([
+            ((2, 24, 40, 211), (0, 1, 2), [[0, 24], [0, 40], [5, 200]]),
+            ((2, 30, 50, 70), (2, 0, 1), [[3, 65], [1, 29], [4, 47]]),
+            ((1, 60, 90, 80), (1, 2, 0), [[2, 88], [0, 80], [7, 51]]),
+            ((3, 9, 17, 33), (0, 2, 1), [[1, 8], [2, 30], [0, 17]])]):
+        data = (rng.standard_normal(shape) * rng.uniform(1, 500) + rng.uniform(-1000, 1000)).astype(np.float32)
+        axes = [0, *[i + 1 for i in transpose_forward]]
+        crop = (slice(None), *[slice(lo, hi) for lo, hi in bbox])
+        view = data.copy().transpose(axes)[crop]
+        seg = np.where(rng.random(view.shape[1:]) < 0.3, -1, 0).astype(np.int8)
+        tensor = torch.from_numpy(data.copy()).permute(axes)[crop]
+        normalizer = schemes.ZScoreNormalization(use_mask_for_norm=use_mask, intensityproperties={})
+        for c in range(shape[0]):
+            ref = normalizer.run(view[c], seg)
+            out = fn(tensor[c], torch.from_numpy(seg), "ZScoreNormalization", use_mask, [0.0, 1.0, 0.0, 1.0])
+            assert out.dtype == torch.float32 and torch.equal(out, torch.from_numpy(np.ascontiguousarray(ref))), (trial, c)

@@ -1,10 +1,11 @@
 """nnU-Net's intensity normalization schemes, bit for bit, as TorchScript-compatible functions.
 
 Each scheme reproduces ``normalizer.run(image, seg)`` of nnU-Net's class of the same name
-(``default_normalization_schemes.py``) on a C-contiguous float32 image. The plans' statistics are
+(``default_normalization_schemes.py``) on a float32 image, contiguous or the strided view the
+preprocessor hands over (``data[c]`` of the transposed, cropped array). The plans' statistics are
 Python floats, which numpy (NEP 50) treats as weak scalars: each is rounded to float32 and the
 operation is float32, so here they become float32 0-dim tensors before use. The z-score
-statistics use numpy's float32 pairwise sums (numpy_reductions).
+statistics use numpy's float32 sums in numpy's order for the image's layout (numpy_reductions).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def normalize_channel(image: Tensor, seg: Tensor, scheme: str, use_mask_for_norm
     """One channel normalized as nnU-Net's ``scheme`` class does it (a new tensor).
 
     Args:
-        image: float32 channel (*spatial), C-contiguous (see the note below).
+        image: float32 channel (*spatial): contiguous, or a view of a permuted and cropped
+            tensor with the layout of nnU-Net's numpy view (``data[c]`` after ``transpose`` and
+            the bbox crop). Pass the view itself: numpy's mean/std depend on the layout.
         seg: the crop's int8 map (*spatial), >= 0 inside the filled nonzero mask; read only by
             ZScoreNormalization with ``use_mask_for_norm`` (voxels outside the mask are kept).
         scheme: one of NORMALIZATION_SCHEMES.
@@ -93,9 +96,10 @@ def normalize_channel(image: Tensor, seg: Tensor, scheme: str, use_mask_for_norm
         RuntimeError (torch.jit.Error when scripted): an unknown scheme, or RGB values outside
         [0, 255].
     Note:
-        numpy sums a strided (cropped or transposed) view in its buffered iteration order, not
-        pairwise over the whole run; nnU-Net's preprocessor hands ZScoreNormalization (no mask)
-        such a view, and this function reproduces the contiguous case only.
+        numpy sums a strided view in memory order in buffered chunks, not pairwise over the whole
+        run, and ZScoreNormalization without the mask takes its statistics over the view itself;
+        numpy_float32_mean_std follows ``image``'s strides, so a torch view with the numpy view's
+        layout gives the same bits. The masked statistics read ``image[mask]`` (C order, either way).
     Example:
         >>> normalize_channel(torch.tensor([0.0, 500.0]), torch.zeros(2, dtype=torch.int8),
         ...                   "CTNormalization", False, [100.0, 50.0, 0.0, 400.0]).tolist()
