@@ -6,9 +6,9 @@
     REPOSITORY/NAME_network/config.pbtxt      onnxruntime backend (with onnx=True)
     REPOSITORY/NAME_network/1/model.onnx      the network as ONNX (to_onnx)
 
-The configs are written from what the files really take and return: the pipeline file is run on
-its own verification volume, and its inputs/outputs become ``INPUT__i``/``OUTPUT__i`` (libtorch
-inputs are positional) with their dtypes and ranks. The repository is built in a temporary
+The configs are written from what the files really take and return: the pipeline file's forward
+(image and spacing in, segmentation out) is run on its example image, and its inputs/outputs
+become ``INPUT__i``/``OUTPUT__i`` (libtorch inputs are positional) with their dtypes and ranks. The repository is built in a temporary
 folder beside REPOSITORY and renamed into place: it appears complete or not at all.
 """
 from __future__ import annotations
@@ -41,8 +41,13 @@ kBatchWithoutOnnxError = (
     "volume per request"
 )
 
+kNoImagePathError = (
+    "Triton serves the pipeline's forward (image and spacing in, segmentation out), which this model "
+    "does not have: {reason}"
+)
+
 _TRITON_TYPES = {torch.float32: "TYPE_FP32", torch.float16: "TYPE_FP16", torch.float64: "TYPE_FP64",
-                 torch.int64: "TYPE_INT64", torch.int32: "TYPE_INT32", torch.uint8: "TYPE_UINT8",
+                 torch.int64: "TYPE_INT64", torch.int32: "TYPE_INT32", torch.uint8: "TYPE_UINT8", torch.uint16: "TYPE_UINT16",
                  torch.int8: "TYPE_INT8", torch.bool: "TYPE_BOOL"}
 
 
@@ -59,9 +64,15 @@ class TritonTensor:
                 f'    dims: [ {", ".join(str(d) for d in self.dims)} ]\n  }}')
 
 
-def _tensor(name: str, tensor: torch.Tensor) -> TritonTensor:
-    """Dim 0 (channels/heads) fixed, the spatial dims any size; 1-D tensors keep their length."""
-    dims = tuple(tensor.shape) if tensor.dim() <= 1 else (int(tensor.shape[0]),) + (-1,) * (tensor.dim() - 1)
+def _tensor(name: str, tensor: torch.Tensor, channels_first: bool = True) -> TritonTensor:
+    """Dim 0 (channels) fixed when ``channels_first``, the spatial dims any size; 1-D tensors
+    keep their length."""
+    if tensor.dim() <= 1:
+        dims = tuple(tensor.shape)
+    elif channels_first:
+        dims = (int(tensor.shape[0]),) + (-1,) * (tensor.dim() - 1)
+    else:
+        dims = (-1,) * tensor.dim()
     return TritonTensor(name, _TRITON_TYPES[tensor.dtype], dims)
 
 
@@ -77,12 +88,13 @@ def config_pbtxt(name: str, platform: str, backend: str, max_batch_size: int,
 
 
 def _pipeline_io(path: Path, pipeline) -> tuple[list[TritonTensor], list[TritonTensor]]:
-    examples = pipeline._verification_volumes()
+    examples = pipeline.example_inputs()
     with quiet_torchscript(), torch.no_grad():
         outputs = torch.jit.load(str(path), map_location="cpu")(*examples)
     outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+    # The segmentation has no channel axis: every dim follows the image.
     return ([_tensor(f"INPUT__{i}", t) for i, t in enumerate(examples)],
-            [_tensor(f"OUTPUT__{i}", t) for i, t in enumerate(outputs)])
+            [_tensor(f"OUTPUT__{i}", t, channels_first=False) for i, t in enumerate(outputs)])
 
 
 def _network_io(model, max_batch_size: int) -> tuple[list[TritonTensor], list[TritonTensor]]:
@@ -103,11 +115,11 @@ def _readme(name: str, pipeline_io, network_io, multiple_of: list[int] | None) -
         f"    docker run --rm -p8000:8000 -p8001:8001 -v $PWD:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\\n"
         f"        tritonserver --model-repository=/models\n\n"
         f"## `{name}` (pytorch_libtorch): the whole nnU-Net prediction\n\n"
-        f"One preprocessed volume per request (float32, channels first, as nnU-Net's preprocessing "
-        f"writes it: transposed, resampled to the plans' spacing, normalized); the sliding window, "
-        f"Gaussian weighting, mirroring and the fold ensemble run inside. The answer is fp16 logits, "
-        f"same spatial size (argmax over the first axis, or sigmoid per region, gives the "
-        f"segmentation).\n\nInputs:\n{rows(pipeline_io[0])}\n\nOutputs:\n{rows(pipeline_io[1])}\n"
+        f"One image per request, as nnU-Net's reader returns it (float32, channels first: c, z, y, x; "
+        f"a 2-D image as c, 1, y, x) and its spacing (float64, z, y, x). Preprocessing, the sliding "
+        f"window, Gaussian weighting, mirroring, the fold ensemble and the export back to the image's "
+        f"geometry run inside; the answer is the segmentation nnU-Net would write (z, y, x).\n\n"
+        f"Inputs:\n{rows(pipeline_io[0])}\n\nOutputs:\n{rows(pipeline_io[1])}\n"
     )
     if network_io is not None:
         text += (
@@ -118,9 +130,11 @@ def _readme(name: str, pipeline_io, network_io, multiple_of: list[int] | None) -
         )
     text += ("\nWith `tritonclient` (`pip install tritonclient[grpc]`):\n\n"
              "    client = tritonclient.grpc.InferenceServerClient(\"localhost:8001\")\n"
-             f"    data = tritonclient.grpc.InferInput(\"INPUT__0\", list(volume.shape), \"FP32\")\n"
-             "    data.set_data_from_numpy(volume)\n"
-             f"    logits = client.infer(\"{name}\", [data]).as_numpy(\"OUTPUT__0\")\n")
+             "    image_input = tritonclient.grpc.InferInput(\"INPUT__0\", list(image.shape), \"FP32\")\n"
+             "    image_input.set_data_from_numpy(image)\n"
+             "    spacing_input = tritonclient.grpc.InferInput(\"INPUT__1\", [3], \"FP64\")\n"
+             "    spacing_input.set_data_from_numpy(numpy.asarray(spacing, dtype=numpy.float64))\n"
+             f"    segmentation = client.infer(\"{name}\", [image_input, spacing_input]).as_numpy(\"OUTPUT__0\")\n")
     return text
 
 
@@ -144,8 +158,9 @@ def write_triton_repository(
     """Write a Triton model repository for a loaded model (or a model folder).
 
     ``NAME`` serves the whole prediction (the pipeline's TorchScript file, pytorch_libtorch
-    backend, ``INPUT__0``: one preprocessed float32 volume (C, x, y, z), ``OUTPUT__0``: fp16
-    logits); with ``onnx`` also ``NAME_network``, the network as ONNX (onnxruntime backend,
+    backend, ``INPUT__0``: one image as nnU-Net's reader returns it, float32 (C, z, y, x),
+    ``INPUT__1``: its spacing, float64 (z, y, x), ``OUTPUT__0``: the segmentation nnU-Net writes,
+    uint8 or uint16 (z, y, x)); with ``onnx`` also ``NAME_network``, the network as ONNX (onnxruntime backend,
     ``data`` -> ``logits``, batched up to ``max_batch_size`` when > 0). Both files are exported
     and verified as :func:`to_torchscript` and :func:`to_onnx` do; a README.md says how to start
     Triton and what to send. ``load_kwargs`` go to ``load_complete`` for a model folder.
@@ -172,6 +187,8 @@ def write_triton_repository(
         building = Path(tempfile.mkdtemp(prefix=f".{repository.name}.", suffix=".partial", dir=repository.parent))
         try:
             pipeline = model.pipeline()
+            if pipeline.image_path_error:
+                raise ExportError(kNoImagePathError.format(reason=pipeline.image_path_error))
             version = building / name / "1"
             version.mkdir(parents=True)
             say(f"exporting the pipeline to {name}/1/model.pt")

@@ -3,8 +3,6 @@ write_triton_repository (configs parsed with Triton's model-config schema, the p
 a fresh process with inputs shaped as its config declares)."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 import nnunet_export
 from nnunet_export import ExportError, OutputPathError, VerificationError
+from fresh_process import run_fresh
 from nnunet_export.model import verification_inputs
 
 onnx = pytest.importorskip("onnx")  # CI installs every extra (scripts/test.sh): these run there
@@ -161,28 +160,16 @@ def test_missing_onnx_names_the_extra(loaded, tmp_path, monkeypatch):
 
 # --- Triton -----------------------------------------------------------------------------------------
 
-_FRESH_PROCESS = r"""
-import importlib.abc, sys
-BLOCKED = ("nnunetv2", "nnunet_export", "dynamic_network_architectures")
-
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked in the fresh process: {name}")
-        return None
-
-sys.meta_path.insert(0, Blocker())
+_FRESH_BODY = r"""
 import torch
 torch.set_num_threads(1)
 module = torch.jit.load(sys.argv[1], map_location="cpu")
-data = torch.load(sys.argv[2], weights_only=True)
-torch.save(module(data), sys.argv[3])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-if leaked:
-    raise SystemExit(f"imported in the fresh process: {leaked}")
+image, spacing = torch.load(sys.argv[2], weights_only=True)
+torch.save(module(image, spacing), sys.argv[3])
 """
 
-_DTYPES = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16}
+_DTYPES = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16, "TYPE_FP64": torch.float64,
+           "TYPE_UINT8": torch.uint8}
 
 
 def _config(path):
@@ -207,36 +194,32 @@ def test_triton_repository_configs_match_the_files(name, loaded, tmp_path):
         "seg_network/1/model.onnx", "seg_network/config.pbtxt"]
     assert not [p for p in tmp_path.iterdir() if p.name != "repo"]  # the temporary folder is gone
     cfg = model.info.config
-    spatial = len(cfg.patch_size) + (1 if len(cfg.patch_size) == 2 else 0)  # 2-D: (C, slices, x, y)
 
     pipeline_cfg = _config(repository / "seg" / "config.pbtxt")
     assert (pipeline_cfg.name, pipeline_cfg.platform, pipeline_cfg.backend, pipeline_cfg.max_batch_size) == (
         "seg", "pytorch_libtorch", "pytorch", 0)
-    [inp], [out] = pipeline_cfg.input, pipeline_cfg.output
-    assert (inp.name, _type_name(pipeline_cfg, inp.data_type), list(inp.dims)) == (
-        "INPUT__0", "TYPE_FP32", [cfg.num_input_channels] + [-1] * spatial)
+    [image_in, spacing_in], [out] = pipeline_cfg.input, pipeline_cfg.output
+    assert (image_in.name, _type_name(pipeline_cfg, image_in.data_type), list(image_in.dims)) == (
+        "INPUT__0", "TYPE_FP32", [cfg.num_input_channels, -1, -1, -1])
+    assert (spacing_in.name, _type_name(pipeline_cfg, spacing_in.data_type), list(spacing_in.dims)) == (
+        "INPUT__1", "TYPE_FP64", [3])
     assert (out.name, _type_name(pipeline_cfg, out.data_type), list(out.dims)) == (
-        "OUTPUT__0", "TYPE_FP16", [cfg.num_output_channels] + [-1] * spatial)
+        "OUTPUT__0", "TYPE_UINT8", [-1, -1, -1])
     schema = torch.jit.load(str(repository / "seg" / "1" / "model.pt")).forward.schema
     assert len(schema.arguments) - 1 == len(pipeline_cfg.input)  # self + positional INPUT__i
 
-    # The pipeline file in a fresh process, with an input shaped as the config declares.
-    shape = [d if d > 0 else 2 * p for d, p in zip(inp.dims, [0] + list(cfg.patch_size))]
-    if len(cfg.patch_size) == 2:  # 2-D configurations take (C, slices, x, y): the pipeline's -1 ranks hold that
-        shape = [cfg.num_input_channels, 2] + [int(p) for p in cfg.patch_size]
-    data = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=_DTYPES[
-        _type_name(pipeline_cfg, inp.data_type)])
-    torch.save(data, tmp_path / "data.pt")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    result = subprocess.run([sys.executable, "-I", "-c", _FRESH_PROCESS, str(repository / "seg" / "1" / "model.pt"),
-                             str(tmp_path / "data.pt"), str(tmp_path / "out.pt")], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=600)
+    # The pipeline file in a fresh process, with an image shaped as the config declares (any size).
+    image = torch.rand([cfg.num_input_channels, 3, 17, 19], generator=torch.Generator().manual_seed(3),
+                       dtype=_DTYPES[_type_name(pipeline_cfg, image_in.data_type)]) * 200
+    spacing = torch.tensor([2.5, 0.9, 1.1], dtype=_DTYPES[_type_name(pipeline_cfg, spacing_in.data_type)])
+    torch.save((image, spacing), tmp_path / "inputs.pt")
+    result = run_fresh(_FRESH_BODY, repository / "seg" / "1" / "model.pt", tmp_path / "inputs.pt",
+                       tmp_path / "out.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert got.dtype == _DTYPES[_type_name(pipeline_cfg, out.data_type)]
-    assert list(got.shape) == [out.dims[0]] + list(data.shape[1:])
+    assert got.dtype == _DTYPES[_type_name(pipeline_cfg, out.data_type)] and list(got.shape) == [3, 17, 19]
     with torch.no_grad():
-        assert torch.equal(got, model.pipeline()(data))
+        assert torch.equal(got, model.pipeline()(image, spacing))
 
     network_cfg = _config(repository / "seg_network" / "config.pbtxt")
     assert (network_cfg.platform, network_cfg.backend, network_cfg.max_batch_size) == (
@@ -294,3 +277,16 @@ def test_an_opset_the_exporter_cannot_write_is_refused_naming_the_module(loaded,
         "PlainConvUNet: torch.onnx.export could not write opset 7: the file would hold opset 18 (the "
         "exporter's version conversion fell back); choose opset 18 or another it converts to")
     assert not path.exists()
+
+
+def test_triton_repository_refuses_a_cascade_stage(loaded, tmp_path):
+    # Triton serves forward (image in, segmentation out); a cascade stage needs the previous
+    # stage's segmentation, which the pipeline does not produce: refused, nothing written.
+    with pytest.raises(ExportError) as info:
+        nnunet_export.write_triton_repository(loaded("cascade"), tmp_path / "repo")
+    assert str(info.value) == (
+        "Triton serves the pipeline's forward (image and spacing in, segmentation out), which this model does "
+        "not have: configuration '3d_cascade_fullres' is a cascade stage: it takes the previous stage's "
+        "segmentation, which preprocess/forward do not produce yet; predict_logits takes the preprocessed image "
+        "channels plus one channel per foreground label")
+    assert not (tmp_path / "repo").exists() and not list(tmp_path.iterdir())

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import nnunet_export
+from fresh_process import run_fresh
 
 # One thread: the reference and the pipeline run the same kernels in the same order (nnU-Net
 # caps torch's threads at 8 inside its prediction; 1 stays 1).
@@ -150,32 +149,12 @@ def test_fast_mode_differs_from_nnunet_only_at_fp16_precision(case, reference, m
             json.dump(rows, f, indent=1)
 
 
-_FRESH_PROCESS = r"""
-import importlib.abc, sys
-BLOCKED = ("nnunetv2", "nnunet_export", "dynamic_network_architectures")
-
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked in the fresh process: {name}")
-        return None
-
-sys.meta_path.insert(0, Blocker())
+_FRESH_BODY = r"""
 import torch
 torch.set_num_threads(1)
-for name in BLOCKED:
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{name} was importable in the fresh process")
 module = torch.jit.load(sys.argv[1], map_location="cpu")
 data = torch.load(sys.argv[2], weights_only=True)
 torch.save(module.predict_logits(data), sys.argv[3])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-if leaked:
-    raise SystemExit(f"imported in the fresh process: {leaked}")
 """
 
 
@@ -187,12 +166,14 @@ def test_exported_pipeline_gives_the_same_bits_in_a_fresh_process(case, referenc
     report = nnunet_export.to_torchscript(models(name, folds).pipeline(), path)
     assert report.verified and report.max_abs_diff == 0.0
     metadata = nnunet_export.read_metadata(path)
-    assert metadata["pipeline"] == {"tile_step_size": 0.5, "use_gaussian": True, "use_mirroring": True,
-                                    "mode": "exact", "folds": len(folds)}
+    config = models(name, folds).info.config
+    assert metadata["pipeline"] == {
+        "tile_step_size": 0.5, "use_gaussian": True, "use_mirroring": True, "mode": "exact", "folds": len(folds),
+        "preprocessing": {"transpose_forward": config.transpose_forward, "spacing": config.spacing,
+                          "normalization_schemes": config.normalization_schemes,
+                          "use_mask_for_norm": config.use_mask_for_norm,
+                          "resampling": {k: v for k, v in config.resampling.items() if k != "seg"}}}
     torch.save(data, tmp_path / "data.pt")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    result = subprocess.run([sys.executable, "-I", "-c", _FRESH_PROCESS, str(path), str(tmp_path / "data.pt"),
-                             str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=600)
+    result = run_fresh(_FRESH_BODY, path, tmp_path / "data.pt", tmp_path / "out.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _same_bits(torch.load(tmp_path / "out.pt", weights_only=True), expected)

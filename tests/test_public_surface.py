@@ -56,7 +56,9 @@ SIGNATURES = {
         "(networks: List[torch.nn.modules.module.Module], gaussian: torch.Tensor, patch_size: List[int], "
         "mirror_axes: List[List[int]], tile_step_size: float, use_gaussian: bool, exact: bool, "
         "num_input_channels: int, num_heads: int, slice_by_slice: bool, cascade: bool, "
-        "info: nnunet_export.model_info.ModelInfo, settings: dict)"),
+        "info: nnunet_export.model_info.ModelInfo, settings: dict, "
+        "preprocessing: nnunet_export.pipeline.preprocessing.Preprocessing, "
+        "export: nnunet_export.pipeline.export_prediction.PredictionExport, image_path_error: str)"),
     "patch_nnunet": "() -> 'None'",
     "patched_nnunet": "() -> 'Iterator[None]'",
     "read_checkpoint": (
@@ -117,8 +119,17 @@ METHODS = {
             "mode: 'str' = 'exact') -> 'Pipeline'"),
     },
     "Pipeline": {
-        "forward": "(self, data: torch.Tensor) -> torch.Tensor",
+        "example_inputs": "(self) -> Tuple[torch.Tensor, torch.Tensor]",
+        "forward": "(self, image: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor",
         "predict_logits": "(self, data: torch.Tensor) -> torch.Tensor",
+        "predict_with_probabilities": (
+            "(self, image: torch.Tensor, spacing: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]"),
+        "preprocess": (
+            "(self, image: torch.Tensor, spacing: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]"),
+        "probabilities_from_logits": (
+            "(self, logits: torch.Tensor, properties: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]"),
+        "segmentation_from_logits": (
+            "(self, logits: torch.Tensor, properties: Dict[str, torch.Tensor]) -> torch.Tensor"),
         "predict_logits_of": "(self, data: torch.Tensor, folds: List[int], mirroring: bool) -> torch.Tensor",
         "to_torchscript": (
             "(self, path: Union[str, os.PathLike], *, verify: Union[bool, str] = True, tolerance: float = 0.0, "
