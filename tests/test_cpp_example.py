@@ -157,11 +157,58 @@ def test_pipeline_gives_the_same_bits_as_python(infer_binary, tmp_path):
     x = _write_input(tmp_path / "in.raw", shape)
     result = _run(infer_binary, path, tmp_path / "in.raw", tmp_path / "out.raw", "--shape", _shape_arg(shape))
     assert result.returncode == 0, result.stderr
-    assert "pipeline          exact (predict_logits on one preprocessed volume)" in result.stdout.splitlines()
+    assert ("pipeline          exact (predict_logits on one preprocessed volume; with --spacing the image in, the "
+            "segmentation out)") in result.stdout.splitlines()
     expected = pipeline.predict_logits(x)
     got = torch.from_numpy(np.fromfile(tmp_path / "out.raw", dtype="<f4").reshape(tuple(expected.shape)))
     # float32 holds every fp16 value exactly: converting back gives the C++ side's fp16 bits.
     assert torch.equal(got.half().view(torch.int16), expected.view(torch.int16))
+
+
+@pytest.mark.parametrize("case_name", ["aniso_z", "iso", "zeros"])
+def test_pipeline_segments_an_image_as_nnunet_does(infer_binary, tmp_path, case_name):
+    # Image volume in, segmentation out, from the one file: nnU-Net's predict_single_npy_array
+    # (tests/pipeline_reference.py) is the reference, voxel for voxel.
+    from nnunet_fixtures import get_fixture
+    from pipeline_reference import nnunet_predict
+    from preprocessing_cases import cases_for
+
+    [case] = [c for c in cases_for("3d_fullres") if c.id.endswith("-" + case_name)]
+    image, spacing = case.image()
+    path, _, _ = _exported_pipeline(tmp_path)
+    image.astype("<f4").tofile(tmp_path / "image.raw")
+    result = _run(infer_binary, path, tmp_path / "image.raw", tmp_path / "seg.raw", "--shape",
+                  _shape_arg(image.shape), "--spacing", ",".join(repr(s) for s in spacing))
+    assert result.returncode == 0, result.stderr
+    torch.set_num_threads(1)
+    expected = nnunet_predict(get_fixture("3d_fullres").model_dir, (0,), image, spacing)
+    got = np.fromfile(tmp_path / "seg.raw", dtype=np.uint8)
+    assert got.size == expected.size and np.array_equal(got.reshape(expected.shape), expected)
+    assert f"wrote             {tmp_path / 'seg.raw'} ({expected.size} bytes uint8)" in result.stdout.splitlines()
+
+
+def test_spacing_needs_a_pipeline_file(infer_binary, exported, tmp_path):
+    model_path, shape = exported
+    _write_input(tmp_path / "in.raw", shape)
+    result = _run(infer_binary, model_path, tmp_path / "in.raw", tmp_path / "out.raw", "--shape", _shape_arg(shape),
+                  "--spacing", "2,1,1")
+    _assert_error(result, "--spacing needs a whole pipeline file (model.pipeline() exported); this file holds the "
+                          "network alone")
+
+
+@pytest.mark.parametrize("spacing, message", [
+    ("2,1", "--spacing '2,1' has 2 entries; expected Z,Y,X: three positive numbers (the image's spacing in mm, "
+            "z first)"),
+    ("2,0,1", "--spacing '2,0,1': entry '0' is not a positive number; expected Z,Y,X: three positive numbers "
+              "(the image's spacing in mm, z first)"),
+    ("2,x,1", "--spacing '2,x,1': entry 'x' is not a positive number; expected Z,Y,X: three positive numbers "
+              "(the image's spacing in mm, z first)"),
+], ids=["length", "zero", "text"])
+def test_bad_spacing_is_refused(infer_binary, exported, tmp_path, spacing, message):
+    model_path, shape = exported
+    result = _run(infer_binary, model_path, tmp_path / "in.raw", tmp_path / "out.raw", "--shape", _shape_arg(shape),
+                  "--spacing", spacing)
+    _assert_error(result, message)
 
 
 def test_pipeline_refuses_a_batch_shape(infer_binary, tmp_path):

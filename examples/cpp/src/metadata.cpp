@@ -185,7 +185,8 @@ void print_metadata(std::ostream& out, const Metadata& meta) {
     row("input channels", std::to_string(meta.num_input_channels));
     row("output channels", std::to_string(meta.num_output_channels));
     if (meta.pipeline) {
-        row("pipeline", meta.pipeline_mode + " (predict_logits on one preprocessed volume)");
+        row("pipeline", meta.pipeline_mode + " (predict_logits on one preprocessed volume; with --spacing the image "
+                                             "in, the segmentation out)");
     }
     for (const auto& [fold_name, digest] : meta.weights_sha256) {
         row("sha256 fold " + fold_name, digest);
