@@ -8,8 +8,10 @@ same process, one after the other, so their ratio is meaningful on a shared mach
 """
 from __future__ import annotations
 
+import ctypes
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,39 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def peak_rss_growth(function: Callable[[], object], interval: float = 0.002) -> int:
+    """Peak resident memory above the level before the call while `function` runs (bytes),
+    sampled every `interval` seconds from /proc/self/statm. Freed heap is returned to the system
+    first (malloc_trim), so an earlier call's high-water mark does not hide this one's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    start = _rss_bytes()
+    peak = start
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, _rss_bytes()) - start
 
 
 def row(benchmark: str, case: str, ours_s: float, baseline_s: float, target: float | None,

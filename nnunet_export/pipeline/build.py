@@ -94,7 +94,8 @@ def _intensities(config) -> List[List[float]]:
     return [[float(props.get(str(c), {}).get(k, 0.0)) for k in keys] for c in range(len(config.normalization_schemes))]
 
 
-def _preprocessing(config) -> Preprocessing:
+def build_preprocessing(config) -> Preprocessing:
+    """The preprocessing module of a configuration (ModelConfig)."""
     data = config.resampling["data"]
     return Preprocessing(
         transpose_forward=list(config.transpose_forward), target_spacing=[float(s) for s in config.spacing],
@@ -104,7 +105,8 @@ def _preprocessing(config) -> Preprocessing:
         anisotropy_threshold=float(data["separate_z_anisotropy_threshold"]))
 
 
-def _export(config) -> PredictionExport:
+def build_prediction_export(config) -> PredictionExport:
+    """The export back to the image's geometry of a configuration (ModelConfig)."""
     probabilities = config.resampling["probabilities"]
     regions_class_order = list(config.regions_class_order or []) if config.has_regions else []
     return PredictionExport(
@@ -144,8 +146,8 @@ def build_pipeline(network: torch.nn.Module, info: ModelInfo, *, tile_step_size:
         cascade=config.previous_stage is not None,
         info=info,
         settings=settings,
-        preprocessing=_preprocessing(config),
-        export=_export(config),
+        preprocessing=build_preprocessing(config),
+        export=build_prediction_export(config),
         image_path_error=image_path_error,
     ).eval()
 
@@ -158,4 +160,4 @@ def _preprocessing_summary(config) -> dict:
             "resampling": {k: dict(v) for k, v in config.resampling.items() if k != "seg"}}
 
 
-__all__ = ["MODES", "RESAMPLING_FUNCTIONS", "build_pipeline"]
+__all__ = ["MODES", "RESAMPLING_FUNCTIONS", "build_pipeline", "build_prediction_export", "build_preprocessing"]
