@@ -17,6 +17,11 @@ fused ops), so the results equal scipy's bits. The taps are evaluated in stages 
 axis 0 and multiply by its weight once, then along axis 1, then the last axis), which shares work
 without changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
 
+Scripted, the output rows are split in two halves evaluated on two threads (``torch.jit.fork``;
+every output voxel is computed alone, so the bits do not depend on the split); eager runs them in
+turn. Each op touches at most one cache-sized block, so the halves never nest torch's own
+intra-op threads.
+
 An equal shape is skimage's copy of the input (scipy's zoom returns early when every factor is 1).
 Only the sign of an exact zero may differ from skimage where the clip meets ``-0.0`` against
 ``0.0`` (``clamp`` and ``np.clip`` agree on every other value); NaN inputs are not supported.
@@ -36,7 +41,8 @@ from torch import Tensor
 #: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
 #   32768: the float64 elements of one tap block (256 KiB, stays in a core's cache; at torch's
-#       grain size, so each op runs on its calling thread and the forked halves do not contend).
+#       grain size, so each op runs on its calling thread and the two forked halves of the
+#       output rows (scripted only: eager torch.jit.fork runs inline) do not contend).
 
 
 def _tap_block() -> int:
@@ -136,19 +142,6 @@ def _prefilter_rows(c: Tensor) -> Tensor:
     return c
 
 
-def _prefilter_forked(c: Tensor) -> Tensor:
-    """``_prefilter_rows(c)`` with the lines split in two halves along dim 1, one half forked:
-    scripted, the halves run on two threads (the lines are independent, so the bits are the
-    same). Returns ``c``."""
-    half = c.shape[1] // 2
-    if half == 0:
-        return _prefilter_rows(c)
-    future = torch.jit.fork(_prefilter_rows, c.narrow(1, 0, half))
-    _prefilter_rows(c.narrow(1, half, c.shape[1] - half))
-    torch.jit.wait(future)
-    return c
-
-
 def _accumulate(
     t: Tensor, source: Tensor, index1: Tensor, weight1: Tensor, index2: Tensor, weight2: Tensor
 ) -> None:
@@ -168,15 +161,13 @@ def _accumulate(
             flat_t.add_(gathered)
 
 
-def _pad(image: Tensor, first_axis: int) -> Tensor:
-    """``np.pad(image, 12, mode='edge')`` over the axes from ``first_axis`` on."""
+def _pad(image: Tensor, axes: List[int]) -> Tensor:
+    """``np.pad(image, 12, mode='edge')`` over ``axes``: one row gather per axis."""
     padded = image
-    for axis in range(first_axis, image.dim()):
-        low = padded.narrow(axis, 0, 1)
-        high = padded.narrow(axis, padded.shape[axis] - 1, 1)
-        size = [-1] * image.dim()
-        size[axis] = _spline_pad()
-        padded = torch.cat([low.expand(size), padded, high.expand(size)], dim=axis)
+    for axis in axes:
+        length = padded.shape[axis]
+        index = torch.arange(-_spline_pad(), length + _spline_pad(), dtype=torch.int64, device=image.device)
+        padded = torch.index_select(padded, axis, index.clamp(0, length - 1))
     return padded
 
 
@@ -221,10 +212,14 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     if order == 3:
         pad = _spline_pad()
         # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy.
-        coefficients = _prefilter_forked(_pad(image, 0).contiguous())
-        coefficients = _prefilter_forked(coefficients.permute(1, 0, 2).contiguous())
-        coefficients = _prefilter_forked(coefficients.permute(2, 1, 0).contiguous())
-        coefficients = coefficients.permute(1, 2, 0).contiguous()
+        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy; the
+        # (p1, p0, p2) <-> (p2, p1, p0) moves are plain 2-D transposes (torch's fast blocked copy).
+        p0, p1, p2 = image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, image.shape[2] + 2 * pad
+        coefficients = _prefilter_rows(_pad(image, [2, 1, 0]))
+        coefficients = _prefilter_rows(coefficients.permute(1, 0, 2).contiguous())
+        coefficients = _prefilter_rows(coefficients.view(p1 * p0, p2).t().contiguous().view(p2, p1, p0))
+        coefficients = coefficients.view(p2, p1 * p0).t().contiguous().view(p1, p0, p2)
+        coefficients = coefficients.permute(1, 0, 2).contiguous()
     index0, weight0 = _device_taps(image.shape[0], new_shape[0], order, pad, device)
     index1, weight1 = _device_taps(image.shape[1], new_shape[1], order, pad, device)
     index2, weight2 = _device_taps(image.shape[2], new_shape[2], order, pad, device)
@@ -233,9 +228,12 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     rows = max(1, min(_tap_block(), chunk_elements) // plane)
     taps = [index0, weight0, index1, weight1, index2, weight2]
     half = new_shape[0] // 2
-    future = torch.jit.fork(_taps_3d, coefficients, out, taps, 0, half, rows)
-    _taps_3d(coefficients, out, taps, half, new_shape[0], rows)
-    torch.jit.wait(future)
+    if torch.jit.is_scripting():
+        future = torch.jit.fork(_taps_3d, coefficients, out, taps, 0, half, rows)
+        _taps_3d(coefficients, out, taps, half, new_shape[0], rows)
+        torch.jit.wait(future)
+    else:
+        _taps_3d(coefficients, out, taps, 0, new_shape[0], rows)
     return torch.clamp(out, image.min(), image.max())
 
 
@@ -289,21 +287,26 @@ def resize_slices_like_skimage(
     for begin in range(0, n, batch):
         count = min(batch, n - begin)
         chunk = slices[begin:begin + count]
+        # (a, b, B) is a plain 2-D transpose of the slices (torch's fast blocked copy).
+        source = chunk.contiguous().view(count, -1).t().contiguous().view(slices.shape[1], slices.shape[2], count)
         if order == 3:
             # (p1, p2, B): filter axis p1; (p2, p1, B): filter axis p2 and gather from there.
-            source = _prefilter_forked(_pad(chunk, 1).permute(1, 2, 0).contiguous())
-            source = _prefilter_forked(source.permute(1, 0, 2).contiguous())
-        else:
-            source = chunk.permute(2, 1, 0).contiguous()
+            source = _prefilter_rows(_pad(source, [1, 0]))
+        source = source.permute(1, 0, 2).contiguous()
+        if order == 3:
+            source = _prefilter_rows(source)
         low = chunk.amin(dim=[1, 2]).view(count, 1, 1)
         high = chunk.amax(dim=[1, 2]).view(count, 1, 1)
         rows = max(1, _tap_block() // (new_shape[1] * count))
         part = out.narrow(0, begin, count)
         taps = [index1, weight1, index2, weight2, low, high]
         half = new_shape[0] // 2
-        future = torch.jit.fork(_taps_slices, source, part, taps, 0, half, rows)
-        _taps_slices(source, part, taps, half, new_shape[0], rows)
-        torch.jit.wait(future)
+        if torch.jit.is_scripting():
+            future = torch.jit.fork(_taps_slices, source, part, taps, 0, half, rows)
+            _taps_slices(source, part, taps, half, new_shape[0], rows)
+            torch.jit.wait(future)
+        else:
+            _taps_slices(source, part, taps, 0, new_shape[0], rows)
     return out
 
 
