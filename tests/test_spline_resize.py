@@ -87,6 +87,20 @@ def test_chunked_work_gives_the_same_bits(mode, order):
     _assert_bits(expected_slices, resize_slices(torch.from_numpy(slices), [6, 17], order, 1))
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_forked_halves_give_the_eager_and_skimage_bits(order):
+    # Scripted runs the two halves of the output rows on two threads, each half several tap
+    # blocks (32768 elements) long; eager runs the same blocks in turn.
+    slices = _image((4, 64, 256), 11 + order)
+    expected = np.stack([_reference(s, (100, 300), order) for s in slices])
+    for mode in sorted(SCRIPTED):
+        _assert_bits(expected, SCRIPTED[mode][1](torch.from_numpy(slices), [100, 300], order))
+    volume = _image((10, 60, 60), 12 + order)
+    expected = _reference(volume, (13, 70, 70), order)
+    for mode in sorted(SCRIPTED):
+        _assert_bits(expected, SCRIPTED[mode][0](torch.from_numpy(volume), [13, 70, 70], order))
+
+
 @pytest.mark.parametrize("mode", sorted(SCRIPTED))
 def test_equal_shape_is_a_copy_like_skimage(mode):
     resize, resize_slices = SCRIPTED[mode]

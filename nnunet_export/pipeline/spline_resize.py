@@ -17,6 +17,11 @@ fused ops), so the results equal scipy's bits. The taps are evaluated in stages 
 axis 0 and multiply by its weight once, then along axis 1, then the last axis), which shares work
 without changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
 
+Scripted, the output rows are split in two halves evaluated on two threads (``torch.jit.fork``;
+every output voxel is computed alone, so the bits do not depend on the split); eager runs them in
+turn. Each op touches at most one cache-sized block, so the halves never nest torch's own
+intra-op threads.
+
 An equal shape is skimage's copy of the input (scipy's zoom returns early when every factor is 1).
 Only the sign of an exact zero may differ from skimage where the clip meets ``-0.0`` against
 ``0.0`` (``clamp`` and ``np.clip`` agree on every other value); NaN inputs are not supported.
@@ -35,11 +40,13 @@ from torch import Tensor
 #       (get_filter_poles); math.sqrt(3.0) - 2.0 is one ulp away.
 #: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
-#   65536: the float64 elements of one tap block (512 KiB, about what stays in a core's cache).
+#   32768: the float64 elements of one tap block (256 KiB, stays in a core's cache; at torch's
+#       grain size, so each op runs on its calling thread and the two forked halves of the
+#       output rows (scripted only: eager torch.jit.fork runs inline) do not contend).
 
 
 def _tap_block() -> int:
-    return 65536
+    return 32768
 
 
 def _spline_pad() -> int:
@@ -100,25 +107,27 @@ def _axis_taps(in_len: int, out_len: int, order: int, pad: int) -> Tuple[Tensor,
 
 def _prefilter_rows(c: Tensor) -> Tensor:
     """scipy's cubic spline prefilter (mode 'nearest', i.e. the reflect init of ``ni_splines.c``)
-    along dim 0 of the contiguous float64 ``c``, in place: every line at once, each line seeing
-    scipy's operations in scipy's order. Returns ``c``."""
+    along dim 0 of the float64 ``c``, in place: every line at once, each line seeing scipy's
+    operations in scipy's order. Every call touches one slab ``c[i]`` (no whole-tensor
+    temporaries), so a slab below torch's grain size runs on the calling thread. Returns ``c``."""
     z = -0.267949192431122706472553658494127633
     gain = (1.0 - z) * (1.0 - 1.0 / z)
-    c.mul_(gain)
     n = c.shape[0]
     z_n = math.pow(z, float(n))
     rows = c.unbind(0)
+    for row in rows:
+        row.mul_(gain)
     tmp = torch.empty_like(rows[0])
     # Causal init, accumulated in c[0] as scipy does: c[0] + z^n c[n-1], then for i = 1 .. n-1
     # z^i (c[i] + z^n c[n-1-i]); at i = n-1, c[n-1-i] is c[0], i.e. the running sum itself.
     # The powers stay Python floats: scripted torch.tensor(List[float]) and tensor[i] = float
     # round through float32.
-    inner = c[1:n - 1]
-    terms = (inner + inner.flip(0) * z_n).unbind(0)
     acc = rows[0] + rows[n - 1] * z_n
     z_i = z
-    for i in range(n - 2):
-        torch.mul(terms[i], z_i, out=tmp)
+    for i in range(1, n - 1):
+        torch.mul(rows[n - 1 - i], z_n, out=tmp)
+        tmp.add_(rows[i])
+        tmp.mul_(z_i)
         acc.add_(tmp)
         z_i = z_i * z
     acc = acc + (rows[n - 1] + acc * z_n) * z_i
@@ -152,15 +161,13 @@ def _accumulate(
             flat_t.add_(gathered)
 
 
-def _pad(image: Tensor, first_axis: int) -> Tensor:
-    """``np.pad(image, 12, mode='edge')`` over the axes from ``first_axis`` on."""
+def _pad(image: Tensor, axes: List[int]) -> Tensor:
+    """``np.pad(image, 12, mode='edge')`` over ``axes``: one row gather per axis."""
     padded = image
-    for axis in range(first_axis, image.dim()):
-        low = padded.narrow(axis, 0, 1)
-        high = padded.narrow(axis, padded.shape[axis] - 1, 1)
-        size = [-1] * image.dim()
-        size[axis] = _spline_pad()
-        padded = torch.cat([low.expand(size), padded, high.expand(size)], dim=axis)
+    for axis in axes:
+        length = padded.shape[axis]
+        index = torch.arange(-_spline_pad(), length + _spline_pad(), dtype=torch.int64, device=image.device)
+        padded = torch.index_select(padded, axis, index.clamp(0, length - 1))
     return padded
 
 
@@ -205,25 +212,44 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     if order == 3:
         pad = _spline_pad()
         # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy.
-        coefficients = _prefilter_rows(_pad(image, 0).contiguous())
+        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy; the
+        # (p1, p0, p2) <-> (p2, p1, p0) moves are plain 2-D transposes (torch's fast blocked copy).
+        p0, p1, p2 = image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, image.shape[2] + 2 * pad
+        coefficients = _prefilter_rows(_pad(image, [2, 1, 0]))
         coefficients = _prefilter_rows(coefficients.permute(1, 0, 2).contiguous())
-        coefficients = _prefilter_rows(coefficients.permute(2, 1, 0).contiguous())
-        coefficients = coefficients.permute(1, 2, 0).contiguous()
+        coefficients = _prefilter_rows(coefficients.view(p1 * p0, p2).t().contiguous().view(p2, p1, p0))
+        coefficients = coefficients.view(p2, p1 * p0).t().contiguous().view(p1, p0, p2)
+        coefficients = coefficients.permute(1, 0, 2).contiguous()
     index0, weight0 = _device_taps(image.shape[0], new_shape[0], order, pad, device)
     index1, weight1 = _device_taps(image.shape[1], new_shape[1], order, pad, device)
     index2, weight2 = _device_taps(image.shape[2], new_shape[2], order, pad, device)
     out = torch.empty(new_shape, dtype=torch.float64, device=device)
     plane = max(coefficients.shape[1] * coefficients.shape[2], new_shape[1] * new_shape[2])
     rows = max(1, min(_tap_block(), chunk_elements) // plane)
-    for begin in range(0, new_shape[0], rows):
-        count = min(rows, new_shape[0] - begin)
-        t = torch.zeros([new_shape[2], new_shape[1], count], dtype=torch.float64, device=device)
+    taps = [index0, weight0, index1, weight1, index2, weight2]
+    half = new_shape[0] // 2
+    if torch.jit.is_scripting():
+        future = torch.jit.fork(_taps_3d, coefficients, out, taps, 0, half, rows)
+        _taps_3d(coefficients, out, taps, half, new_shape[0], rows)
+        torch.jit.wait(future)
+    else:
+        _taps_3d(coefficients, out, taps, 0, new_shape[0], rows)
+    return torch.clamp(out, image.min(), image.max())
+
+
+def _taps_3d(coefficients: Tensor, out: Tensor, taps: List[Tensor], first: int, end: int, rows: int) -> Tensor:
+    """Output rows ``first .. end - 1`` of the 3-D resize into ``out``, ``rows`` at a time;
+    ``taps`` holds each axis' indices and weights. Returns ``out``."""
+    index0, weight0, index1, weight1, index2, weight2 = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5]
+    for begin in range(first, end, rows):
+        count = min(rows, end - begin)
+        t = torch.zeros([out.shape[2], out.shape[1], count], dtype=torch.float64, device=out.device)
         for h0 in range(index0.shape[1]):
             source = torch.index_select(coefficients, 0, index0[begin:begin + count, h0])
             source.mul_(weight0[begin:begin + count, h0].view(-1, 1, 1))
             _accumulate(t, source.permute(2, 1, 0).contiguous(), index1, weight1, index2, weight2)
         out[begin:begin + count] = t.permute(2, 1, 0)
-    return torch.clamp(out, image.min(), image.max())
+    return out
 
 
 def resize_slices_like_skimage(
@@ -261,18 +287,37 @@ def resize_slices_like_skimage(
     for begin in range(0, n, batch):
         count = min(batch, n - begin)
         chunk = slices[begin:begin + count]
+        # (a, b, B) is a plain 2-D transpose of the slices (torch's fast blocked copy).
+        source = chunk.contiguous().view(count, -1).t().contiguous().view(slices.shape[1], slices.shape[2], count)
         if order == 3:
             # (p1, p2, B): filter axis p1; (p2, p1, B): filter axis p2 and gather from there.
-            source = _prefilter_rows(_pad(chunk, 1).permute(1, 2, 0).contiguous())
-            source = _prefilter_rows(source.permute(1, 0, 2).contiguous())
-        else:
-            source = chunk.permute(2, 1, 0).contiguous()
+            source = _prefilter_rows(_pad(source, [1, 0]))
+        source = source.permute(1, 0, 2).contiguous()
+        if order == 3:
+            source = _prefilter_rows(source)
         low = chunk.amin(dim=[1, 2]).view(count, 1, 1)
         high = chunk.amax(dim=[1, 2]).view(count, 1, 1)
         rows = max(1, _tap_block() // (new_shape[1] * count))
-        for row in range(0, new_shape[0], rows):
-            nrows = min(rows, new_shape[0] - row)
-            t = torch.zeros([new_shape[1], nrows, count], dtype=torch.float64, device=device)
-            _accumulate(t, source, index1[row:row + nrows], weight1[row:row + nrows], index2, weight2)
-            out[begin:begin + count, row:row + nrows] = torch.clamp(t.permute(2, 1, 0), low, high)
+        part = out.narrow(0, begin, count)
+        taps = [index1, weight1, index2, weight2, low, high]
+        half = new_shape[0] // 2
+        if torch.jit.is_scripting():
+            future = torch.jit.fork(_taps_slices, source, part, taps, 0, half, rows)
+            _taps_slices(source, part, taps, half, new_shape[0], rows)
+            torch.jit.wait(future)
+        else:
+            _taps_slices(source, part, taps, 0, new_shape[0], rows)
+    return out
+
+
+def _taps_slices(source: Tensor, out: Tensor, taps: List[Tensor], first: int, end: int, rows: int) -> Tensor:
+    """Output rows ``first .. end - 1`` of every slice in ``out`` (count, a', b') from the
+    coefficients ``source`` (p2, p1, count), ``rows`` at a time, each slice clipped to
+    ``[low, high]``; ``taps`` is [index1, weight1, index2, weight2, low, high]. Returns ``out``."""
+    index1, weight1, index2, weight2, low, high = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5]
+    for row in range(first, end, rows):
+        nrows = min(rows, end - row)
+        t = torch.zeros([out.shape[2], nrows, out.shape[0]], dtype=torch.float64, device=out.device)
+        _accumulate(t, source, index1[row:row + nrows], weight1[row:row + nrows], index2, weight2)
+        out[:, row:row + nrows] = torch.clamp(t.permute(2, 1, 0), low, high)
     return out
