@@ -108,7 +108,7 @@ def fill_holes(mask: Tensor) -> Tensor:
     if len(us) > 0:
         labels = _components(labels, torch.cat(us), torch.cat(vs))
     hole = torch.nonzero(labels.narrow(0, 1, runs) != 0).view(-1)
-    filled = mask.clone()
+    filled = mask.clone(memory_format=torch.contiguous_format)
     if hole.numel() == 0:
         return filled
     # Paint the hole runs: +1 at each first voxel, -1 after each last voxel, a running sum.
