@@ -59,6 +59,70 @@ def test_fill_holes_matches_scipy(fn):
     assert filled_any
 
 
+def _spiral(size, open_to_border):
+    """Square rings of background joined by one gap per wall, alternating sides: a corridor that
+    winds from the border to the centre, so reaching its end takes about size / 2 merges."""
+    mask = np.ones((size, size), bool)
+    index = np.arange(size)
+    depth = np.minimum.outer(np.minimum(index, size - 1 - index), np.minimum(index, size - 1 - index))
+    mask[(depth % 2 == 1) & (depth < size // 2)] = False
+    for wall in range(2, size // 2, 2):
+        mask[wall if wall % 4 == 0 else size - 1 - wall, size // 2] = False
+    if open_to_border:
+        mask[0, 3] = False
+    return mask
+
+
+def _body(shape, tunnel_to_border, rng):
+    """A CT-like body: an elliptic cylinder in air with two lungs, a trachea-like tunnel along the
+    first axis joined to them (open to the border or not) and 2 % pinholes."""
+    z, y, x = shape
+    zz, yy, xx = np.ogrid[:z, :y, :x]
+    mask = np.broadcast_to(((yy - y / 2) / (0.42 * y)) ** 2 + ((xx - x / 2) / (0.45 * x)) ** 2 < 1, shape).copy()
+    mask[:2] = mask[-2:] = False
+    for side in (-1, 1):
+        mask &= (((zz - z / 2) / (0.35 * z)) ** 2 + ((yy - y / 2) / (0.25 * y)) ** 2
+                 + ((xx - x / 2 - side * 0.2 * x) / (0.14 * x)) ** 2) >= 1
+    tube = (np.abs(yy - y // 2) < 2) & (np.abs(xx - x // 2) < 2)
+    mask &= ~(tube & (zz <= z // 2) & (zz >= (0 if tunnel_to_border else 4)))
+    mask &= ~((np.abs(zz - z // 2) < 2) & (np.abs(yy - y // 2) < 2) & (np.abs(xx - x // 2) < 0.3 * x))
+    return mask & (rng.random(shape) >= 0.02)
+
+
+def _hard_masks():
+    rng = np.random.default_rng(4)
+    out = [_spiral(41, False), _spiral(41, True), _spiral(40, False)]
+    helix = np.ones((5, 41, 41), bool)
+    helix[1:4] = _spiral(41, False)
+    out.append(helix)
+    helix = helix.copy()
+    helix[2, 0, 3] = False  # the corridor's outer end opened in one slice
+    out.append(helix)
+    out += [_body((24, 48, 40), True, rng), _body((24, 48, 40), False, rng)]
+    out += [_blobs(rng, (40, 50, 60), 0.6), _blobs(rng, (9, 10, 11, 12), 0.7), _blobs(rng, (300,), 0.6),
+            rng.random((30, 40, 50)) < 0.7, rng.random((200, 300)) < 0.6]
+    return out
+
+
+@pytest.mark.parametrize("fn", FILL, ids=IDS)
+def test_fill_holes_matches_scipy_on_mazes_bodies_and_large_masks(fn):
+    for mask in _hard_masks():
+        ref = binary_fill_holes(mask)
+        assert np.array_equal(fn(torch.from_numpy(mask)).numpy(), ref), mask.shape
+    assert bool((binary_fill_holes(_spiral(41, False)) != _spiral(41, False)).any())
+    assert np.array_equal(binary_fill_holes(_spiral(41, True)), _spiral(41, True))
+
+
+@pytest.mark.parametrize("fn", FILL, ids=IDS)
+def test_fill_holes_small_ranks_and_strided_input(fn):
+    assert fn(torch.tensor([True, False, False, True, False])).tolist() == [True, True, True, True, False]
+    assert fn(torch.tensor(False)).tolist() is True
+    assert fn(torch.zeros(0, 3, dtype=torch.bool)).shape == (0, 3)
+    mask = _shell((7, 8, 9), False)
+    out = fn(torch.from_numpy(mask).permute(2, 0, 1))
+    assert np.array_equal(out.numpy(), binary_fill_holes(mask.transpose(2, 0, 1)))
+
+
 @pytest.mark.parametrize("fn", MASK, ids=IDS)
 def test_nonzero_mask_matches_create_nonzero_mask(fn):
     rng = np.random.default_rng(1)

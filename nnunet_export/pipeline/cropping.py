@@ -5,11 +5,12 @@ the nonzero mask over all channels, hole-filled like ``scipy.ndimage.binary_fill
 connectivity), its half-open bounding box (the full extent when nothing is nonzero, as acvl_utils'
 ``get_bbox_from_mask``), the cropped data and the int8 map (0 inside the filled mask, -1 outside).
 
-The hole fill is a flood fill of the background from the array border. Rather than growing one
-voxel per iteration, each step floods whole background runs along one axis at a time: a run
-(maximal background segment of a line) is reached as soon as one of its voxels is. Rounds over
-all axes repeat until nothing changes; a round costs a few passes over the volume and body-like
-volumes need only a handful of rounds.
+The hole fill labels the connected components of the background without visiting voxels one
+by one: the background runs of the last axis (maximal background segments of its lines) are the
+nodes, two runs in neighbouring lines are joined when they overlap, and the components of that
+graph come from min-label hooking with pointer jumping (a few rounds, logarithmic in the graph's
+size). Runs that touch the array border are joined to a border node; every other component is a
+hole. Only a handful of passes touch the whole volume: finding the runs, and painting the holes.
 """
 from __future__ import annotations
 
@@ -19,21 +20,49 @@ import torch
 from torch import Tensor
 
 
-def _flood_runs(reached: Tensor, background: Tensor, axis: int) -> Tensor:
-    """``reached`` grown to every background run (along ``axis``) that holds a reached voxel."""
-    bg = background.movedim(axis, -1)
-    seen = reached.movedim(axis, -1)
-    length = bg.shape[-1]
-    lines = bg.numel() // length
-    # Foreground voxels end runs: the running count of them numbers the runs of each line.
-    run = torch.cumsum((~bg).to(torch.int32), -1).to(torch.int64)
-    line_shape: List[int] = list(bg.shape[:-1])
-    line_shape.append(1)
-    line = torch.arange(lines, dtype=torch.int64, device=bg.device).view(line_shape)
-    run_id = line * (length + 1) + run
-    run_reached = torch.zeros([lines * (length + 1)], dtype=torch.bool, device=bg.device)
-    run_reached[run_id[seen]] = True
-    return (run_reached[run_id] & bg).movedim(-1, axis)
+def _runs(mask: Tensor, width: int) -> Tuple[Tensor, Tensor]:
+    """Flat index of the first and of the last voxel of every background run along the last axis."""
+    flat = mask.reshape(-1)
+    total = flat.numel()
+    # A run's first or last voxel: background with foreground (or the line's end) next to it.
+    edge = torch.empty([total], dtype=torch.bool, device=mask.device)
+    if total > 2:
+        torch.logical_or(flat.narrow(0, 0, total - 2), flat.narrow(0, 2, total - 2), out=edge.narrow(0, 1, total - 2))
+    lines = edge.view(-1, width)
+    lines.select(1, 0).fill_(True)
+    lines.select(1, width - 1).fill_(True)
+    torch.gt(edge, flat, out=edge)
+    at = torch.nonzero(edge).view(-1)
+    column = torch.remainder(at, width)
+    opens = (column == 0) | flat.index_select(0, (at - 1).clamp(min=0))
+    closes = (column == width - 1) | flat.index_select(0, (at + 1).clamp(max=total - 1))
+    return at[opens], at[closes]
+
+
+def _components(labels: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """``labels`` (each node's root, ``labels[x] <= x``) merged over the edges ``u[i]``--``v[i]``.
+
+    Each round hooks the larger root of every edge whose ends differ onto the smaller one, then
+    jumps pointers until every node points at its root; edges inside one tree stay there and are
+    dropped.
+    """
+    merging = True
+    while merging:
+        lu = labels.index_select(0, u)
+        lv = labels.index_select(0, v)
+        differ = torch.nonzero(lu != lv).view(-1)
+        merging = differ.numel() > 0
+        lu = lu.index_select(0, differ)
+        lv = lv.index_select(0, differ)
+        u = u.index_select(0, differ)
+        v = v.index_select(0, differ)
+        labels.scatter_reduce_(0, torch.maximum(lu, lv), torch.minimum(lu, lv), "amin")
+        while True:
+            jumped = labels.index_select(0, labels)
+            if torch.equal(jumped, labels):
+                break
+            labels = jumped
+    return labels
 
 
 def fill_holes(mask: Tensor) -> Tensor:
@@ -48,22 +77,49 @@ def fill_holes(mask: Tensor) -> Tensor:
         >>> bool(fill_holes(ring)[1, 1])
         True
     """
-    background = ~mask
-    border = torch.zeros_like(mask)
-    for axis in range(mask.dim()):
-        size = mask.shape[axis]
-        border.narrow(axis, 0, 1).fill_(True)
-        border.narrow(axis, size - 1, 1).fill_(True)
-    reached = background & border
-    count = int(reached.sum())
-    while True:
-        for axis in range(mask.dim()):
-            reached = _flood_runs(reached, background, axis)
-        new_count = int(reached.sum())
-        if new_count == count:
-            break
-        count = new_count
-    return ~reached
+    if mask.dim() == 0:
+        return torch.ones_like(mask)  # as scipy: a lone voxel is never border background
+    if mask.numel() == 0:
+        return mask.clone()
+    shape: List[int] = list(mask.shape)
+    width = shape[-1]
+    starts, ends = _runs(mask, width)
+    runs = starts.numel()
+    # Node 0 is the border, run r is node r + 1.
+    border = (torch.remainder(starts, width) == 0) | (torch.remainder(ends, width) == width - 1)
+    us: List[Tensor] = []
+    vs: List[Tensor] = []
+    stride = width
+    for axis in range(len(shape) - 2, -1, -1):
+        coord = torch.remainder(torch.div(starts, stride, rounding_mode="floor"), shape[axis])
+        border |= (coord == 0) | (coord == shape[axis] - 1)
+        # Two runs of neighbouring lines overlap from the later of their first voxels on: look
+        # up the run holding each run's first voxel moved one line down, and one line up.
+        for step in (-stride, stride):
+            inner = torch.nonzero(coord != (0 if step < 0 else shape[axis] - 1)).view(-1)
+            at = starts.index_select(0, inner) + step
+            other = torch.searchsorted(starts, at, right=True) - 1
+            touch = torch.nonzero((other >= 0) & (ends.index_select(0, other.clamp(min=0)) >= at)).view(-1)
+            us.append(inner.index_select(0, touch) + 1)
+            vs.append(other.index_select(0, touch) + 1)
+        stride *= shape[axis]
+    labels = torch.arange(runs + 1, dtype=torch.int64, device=mask.device)
+    labels.narrow(0, 1, runs).masked_fill_(border, 0)
+    if len(us) > 0:
+        labels = _components(labels, torch.cat(us), torch.cat(vs))
+    hole = torch.nonzero(labels.narrow(0, 1, runs) != 0).view(-1)
+    filled = mask.clone(memory_format=torch.contiguous_format)
+    if hole.numel() == 0:
+        return filled
+    # Paint the hole runs: +1 at each first voxel, -1 after each last voxel, a running sum.
+    first = int(starts[hole[0]])
+    span = int(ends[hole[-1]]) + 1 - first
+    delta = torch.zeros([span + 1], dtype=torch.int8, device=mask.device)
+    delta.index_fill_(0, starts.index_select(0, hole) - first, 1)
+    delta.index_fill_(0, ends.index_select(0, hole) + 1 - first, -1)
+    inside = torch.cumsum(delta.narrow(0, 0, span), 0, dtype=torch.int8)
+    filled.view(-1).narrow(0, first, span).logical_or_(inside)
+    return filled
 
 
 def nonzero_mask(data: Tensor) -> Tensor:
