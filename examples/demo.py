@@ -1,11 +1,13 @@
-"""nnunet_export demo: export the shipped nnU-Net model, then segment the shipped sample with the
-EXPORTED file alone (torch.jit.load; no nnU-Net, no model code).
+"""nnunet_export demo: export the shipped nnU-Net model's whole prediction, then segment the
+shipped sample with the EXPORTED file alone (torch.jit.load; no nnU-Net, no model code, no scipy).
 
     python examples/demo.py [--model examples/demo_model] [--out out]
 
-Steps: load_complete (every weight read by the safe C reader) -> to_torchscript (written
-atomically, reloaded and compared with the eager model) -> torch.jit.load -> the preprocessing the
-plans ask for -> argmax -> a PNG overlay and the Dice against the ground truth.
+Steps: load_complete (every weight read by the safe C reader) -> model.pipeline() (nnU-Net's
+preprocessing, sliding window with Gaussian and mirroring, export back to the image's geometry)
+-> to_torchscript (written atomically, reloaded and compared with the eager module) ->
+torch.jit.load -> the file's forward(image, spacing) on the image as nnU-Net's NaturalImage2DIO
+reads it -> a PNG overlay and the Dice against the ground truth.
 
 The model (examples/demo_model, written by examples/make_demo_model.py) is a real nnU-Net v2 2D
 model trained by nnU-Net's own trainer on generated disks and squares.
@@ -25,41 +27,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import nnunet_export  # noqa: E402
-
-
-def preprocess(image: np.ndarray, plans: dict, configuration: str):
-    """What nnU-Net's DefaultPreprocessor does for this model, checked against its plans.
-
-    Returns the normalised crop (1, 1, H, W) and the crop box. The plans say: one channel with
-    ZScoreNormalization, no mask, target spacing [1, 1] = the PNG spacing (no resampling),
-    identity transpose. nnU-Net first crops to the bounding box of non-zero pixels, then
-    normalises with that crop's own mean and standard deviation.
-    """
-    cfg = plans["configurations"][configuration]
-    if cfg["normalization_schemes"] != ["ZScoreNormalization"] or cfg["use_mask_for_norm"] != [False]:
-        raise SystemExit(f"demo.py handles single-channel z-score models only; the plans say "
-                         f"{cfg['normalization_schemes']} / mask {cfg['use_mask_for_norm']}")
-    if list(plans["transpose_forward"]) != [0, 1, 2] or [float(s) for s in cfg["spacing"]] != [1.0, 1.0]:
-        raise SystemExit("demo.py handles untransposed 2D models trained at spacing 1 x 1 only")
-    rows, cols = np.nonzero(image)
-    box = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
-    crop = image[box[0]:box[1], box[2]:box[3]].astype(np.float32)
-    crop = (crop - crop.mean()) / max(float(crop.std()), 1e-8)  # ZScoreNormalization
-    return torch.from_numpy(crop)[None, None], box
-
-
-def pad_for_network(x: torch.Tensor, patch_size, divisor: int):
-    """Pad (constant 0, centred, odd pixel at the high side, as nnU-Net pads) to at least the patch
-    size and to a multiple of the network's total stride. Returns the padded input and the slices
-    that undo it. Images larger than the patch run in one pass, not in nnU-Net's sliding window."""
-    pads, undo = [], []
-    for size, patch in zip(x.shape[2:], patch_size):
-        target = max(int(patch), -(-size // divisor) * divisor)
-        low = (target - size) // 2
-        pads.append((low, target - size - low))
-        undo.append(slice(low, low + size))
-    padded = torch.nn.functional.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
-    return padded, (slice(None), slice(None), *undo)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
@@ -108,33 +75,27 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. Load every weight through the safe reader and export with verification.
+    # 1. Load every weight through the safe reader; export the whole prediction with verification.
     model = nnunet_export.load_complete(model_dir, folds=0)
     print(model)
     exported_path = out / "demo_model.pt"
-    report = nnunet_export.to_torchscript(model, exported_path)
+    report = nnunet_export.to_torchscript(model.pipeline(), exported_path)
     print("\nexport verification:")
     print(report.table())
 
-    # 2. From here on only the exported file is used.
+    # 2. From here on only the exported file is used. nnU-Net's NaturalImage2DIO reads a grayscale
+    # PNG as (1 channel, 1 slice, y, x) float32 at spacing (999, 1, 1).
     exported = torch.jit.load(str(exported_path))
-    meta = nnunet_export.read_metadata(exported_path)
-    plans = json.loads((model_dir / "plans.json").read_text())
-    configuration = meta["configuration"]
-    image = np.asarray(Image.open(image_path).convert("L"))
-    x, box = preprocess(image, plans, configuration)
-    strides = plans["configurations"][configuration]["architecture"]["arch_kwargs"]["strides"]
-    divisor = int(np.prod([s[0] for s in strides]))
-    padded, undo = pad_for_network(x, plans["configurations"][configuration]["patch_size"], divisor)
+    png = np.asarray(Image.open(image_path).convert("L"))
+    image = torch.from_numpy(png.astype(np.float32))[None, None]
+    spacing = torch.tensor([999.0, 1.0, 1.0], dtype=torch.float64)
     started = time.perf_counter()
     with torch.no_grad():
-        logits = exported(padded)[undo]
+        prediction = exported(image, spacing)[0].numpy()
     seconds = time.perf_counter() - started
-    prediction = np.zeros(image.shape, dtype=np.uint8)  # outside the non-zero crop: background
-    prediction[box[0]:box[1], box[2]:box[3]] = logits[0].argmax(0).numpy().astype(np.uint8)
     Image.fromarray(prediction).save(out / "demo_segmentation.png")
-    print(f"\nsegmented {image_path} ({image.shape[0]} x {image.shape[1]}) with {exported_path} "
-          f"in {seconds * 1000:.1f} ms (input {tuple(padded.shape)})")
+    print(f"\nsegmented {image_path} ({png.shape[0]} x {png.shape[1]}) with {exported_path} in "
+          f"{seconds * 1000:.1f} ms (nnU-Net's preprocessing, sliding window, mirroring and export inside)")
 
     labels = {k: v for k, v in json.loads((model_dir / "dataset.json").read_text())["labels"].items()
               if k != "background"}
@@ -147,7 +108,7 @@ def main(argv=None) -> int:
             print(f"Dice {name:<8} {dices[value]:.4f}")
         print(f"Dice mean     {np.mean(list(dices.values())):.4f}")
     overlay = out / "demo_overlay.png"
-    write_overlay(image, truth if truth is not None else np.zeros_like(prediction), prediction,
+    write_overlay(png, truth if truth is not None else np.zeros_like(prediction), prediction,
                   labels, dices, overlay)
     print(f"wrote {overlay}")
     return 0

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 import nnunet_export
 from nnunet_export import load_complete, read_metadata, read_model_config, to_exported_program, to_torchscript
 from nnunet_export.metadata import METADATA_FORMAT_VERSION
+from fresh_process import run_fresh
 from nnunet_fixtures import FIXTURE_NAMES, checkpoint_path, get_fixture
 
 TOLERANCE = 1e-6
@@ -33,29 +31,13 @@ METHODS = ("script", "trace")
 # across processes at the verification tolerance.
 THREADS = 1
 
-# Runs under `python -I` (no PYTHONPATH, no cwd, no user site) with every import of the packages
-# below refused, so torch.jit.load / torch.export.load must work from the file alone.
-_FRESH_PROCESS = r"""
-import importlib.abc, json, sys
-BLOCKED = ("nnunetv2", "nnunet_export", "dynamic_network_architectures")
-
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked in the fresh process: {name}")
-        return None
-
-sys.meta_path.insert(0, Blocker())
+# Runs under `python -I` (no PYTHONPATH, no cwd, no user site) with every import of our packages
+# refused (tests/fresh_process.py), so torch.jit.load / torch.export.load must work from the file alone.
+_FRESH_BODY = r"""
+import json
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 manifest = json.load(open(sys.argv[1]))
-for name in BLOCKED:  # the blocker works: nothing of ours is importable here
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{name} was importable in the fresh process")
 
 def read(path, shape):
     return torch.from_file(path, size=int(torch.Size(shape).numel()), dtype=torch.float32).reshape(shape)
@@ -162,12 +144,7 @@ def fresh_outputs(exports, tmp_path_factory) -> dict:
         manifest.append({"case": case, "format": export.file_format, "file": str(export.path), "inputs": items,
                          "weights_blob": str(folder / f"{case}.weights")})
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", _FRESH_PROCESS, str(folder / "manifest.json"), str(THREADS),
-         str(folder / "result.json")],
-        capture_output=True, text=True, env=env, cwd=folder, timeout=600,
-    )
+    result = run_fresh(_FRESH_BODY, folder / "manifest.json", THREADS, folder / "result.json", cwd=folder)
     assert result.returncode == 0, result.stderr[-4000:]
     document = json.loads((folder / "result.json").read_text())
     return {"leaked": document["leaked"], "cases": {c["case"]: c for c in document["cases"]}}
