@@ -82,12 +82,15 @@ class NnUNetModel(torch.nn.Module):
 
     def pipeline(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
                  mode: str = "exact") -> Pipeline:
-        """nnU-Net's whole prediction from preprocessed data as one scriptable module.
+        """nnU-Net's whole prediction, from the image to the segmentation, as one scriptable module.
 
         The pipeline shares this model's fold networks (no weight copies) and computes the
-        Gaussian importance map for the patch size once. ``mode="exact"`` gives, on the CPU, the
-        bits of ``nnUNetPredictor.predict_logits_from_preprocessed_data`` with the same settings;
-        ``mode="fast"`` batches the mirror passes and sums in float32 (last-bit differences).
+        Gaussian importance map for the patch size once. ``pipeline(image, spacing)`` gives
+        ``nnUNetPredictor.predict_single_npy_array``'s segmentation; :meth:`Pipeline.preprocess`,
+        :meth:`Pipeline.predict_logits` and :meth:`Pipeline.segmentation_from_logits` are its
+        three steps. ``mode="exact"`` gives, on the CPU, nnU-Net's bits with the same settings;
+        ``mode="fast"`` batches the mirror passes of the sliding window (last-bit differences in
+        the logits, measured).
 
         Args:
             tile_step_size: as nnU-Net's ``-step_size``, in (0, 1].
@@ -101,6 +104,7 @@ class NnUNetModel(torch.nn.Module):
 
         Example:
             >>> pipeline = model.pipeline()  # doctest: +SKIP
+            >>> segmentation = pipeline(torch.from_numpy(image), properties["spacing"])  # doctest: +SKIP
             >>> logits = pipeline.predict_logits(torch.from_numpy(preprocessed))  # doctest: +SKIP
         """
         return build_pipeline(self.network, self.info, tile_step_size=tile_step_size, use_gaussian=use_gaussian,

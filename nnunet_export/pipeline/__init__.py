@@ -1,4 +1,5 @@
-"""nnU-Net's prediction from preprocessed data in one scriptable module (:class:`Pipeline`)."""
+"""nnU-Net's whole prediction (preprocessing, sliding window, fold ensemble, export back to the
+image's geometry) in one scriptable module (:class:`Pipeline`)."""
 from .build import build_pipeline
 from .errors import PipelineInputError, PipelineSettingsError
 from .module import Pipeline

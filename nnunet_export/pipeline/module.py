@@ -1,5 +1,6 @@
-"""Pipeline: nnU-Net's prediction from a preprocessed volume (sliding window, Gaussian weighting,
-mirroring, fold ensemble) in one scriptable module.
+"""Pipeline: nnU-Net's whole prediction in one scriptable module: preprocessing
+(preprocessing.py), the sliding window with Gaussian weighting, mirroring and the fold ensemble
+(here), the export back to the image's geometry (export_prediction.py).
 
 ``mode="exact"`` issues, on the CPU, the same torch operations in the same order and dtypes as
 ``nnUNetPredictor.predict_logits_from_preprocessed_data``: fp16 accumulators, the tile logits
