@@ -4,6 +4,8 @@ folder writes what nnUNetv2_predict writes, with the segmentation nnU-Net's arra
 prediction (pipeline_reference.nnunet_predict) gives for the same image."""
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import pickle
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline_reference import nnunet_predict, nnunet_predictor
-from predict_reference import DEFAULT_DIRECTION, DEFAULT_ORIGIN, nnunet_predict_folder, read_segmentation, \
+from predict_reference import DEFAULT_DIRECTION, NNUNET_PREDICT_NPP, NNUNET_PREDICT_NPS, DEFAULT_ORIGIN, nnunet_predict_folder, read_segmentation, \
     write_case_folder
 from preprocessing_cases import cases_for
 
@@ -37,6 +39,39 @@ def _cases():
 def _geometry(cases, name):
     value = cases[name]
     return (value[2], value[3]) if len(value) == 4 else (DEFAULT_ORIGIN, DEFAULT_DIRECTION)
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("entry_point, required", [
+    ("predict_entry_point_modelfolder", ["-i", "in", "-o", "out", "-m", "model"]),
+    ("predict_entry_point", ["-i", "in", "-o", "out", "-d", "1", "-c", "3d_fullres"]),
+])
+def test_defaults_are_nnunetv2_predicts(monkeypatch, entry_point, required):
+    """nnunet_predict_folder's defaults are the CLI's (its parser read, nothing predicted)."""
+    from nnunetv2.inference import predict_from_raw_data
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(parser, args=None, namespace=None):
+        raise _Parsed(original(parser, required))
+
+    monkeypatch.delenv("nnUNet_npp", raising=False)
+    monkeypatch.delenv("nnUNet_nps", raising=False)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    with pytest.raises(_Parsed) as parsed:
+        getattr(predict_from_raw_data, entry_point)()
+    cli = parsed.value.args[0]
+    defaults = inspect.signature(nnunet_predict_folder).parameters
+    assert (cli.npp, cli.nps) == (NNUNET_PREDICT_NPP, NNUNET_PREDICT_NPS) == (3, 3)
+    assert defaults["num_processes_preprocessing"].default == cli.npp
+    assert defaults["num_processes_segmentation_export"].default == cli.nps
+    assert defaults["tile_step_size"].default == cli.step_size
+    assert defaults["use_mirroring"].default is not cli.disable_tta
+    assert defaults["save_probabilities"].default is cli.save_probabilities
+    assert defaults["checkpoint_name"].default == cli.chk
 
 
 def test_written_cases_read_back_with_nnunet_simpleitkio(tmp_path):
@@ -89,12 +124,14 @@ def test_bad_cases_are_refused_before_writing(tmp_path, value, message):
 
 @pytest.fixture(scope="module")
 def predicted_folder(nnunet_fixture, tmp_path_factory):
-    """nnU-Net's predict_from_files over three cases, with the probabilities."""
+    """nnU-Net's predict_from_files over three cases, with the probabilities; one worker each
+    for preprocessing and export (spawning nnUNetv2_predict's 3 + 3 costs half a minute here)."""
     fixture = nnunet_fixture(FIXTURE)
     root = tmp_path_factory.mktemp("predict_reference")
     cases = _cases()
     write_case_folder(root / "in", cases)
-    nnunet_predict_folder(fixture.model_dir, (0,), root / "in", root / "out", save_probabilities=True)
+    nnunet_predict_folder(fixture.model_dir, (0,), root / "in", root / "out", save_probabilities=True,
+                          num_processes_preprocessing=1, num_processes_segmentation_export=1)
     return fixture, cases, root
 
 
@@ -109,8 +146,8 @@ def test_nnunet_predict_folder_writes_what_nnunetv2_predict_writes(predicted_fol
     arguments = json.loads((out / "predict_from_raw_data_args.json").read_text())
     assert arguments == {"list_of_lists_or_source_folder": str(root / "in"),
                          "output_folder_or_list_of_truncated_output_files": str(out),
-                         "save_probabilities": True, "overwrite": True, "num_processes_preprocessing": 3,
-                         "num_processes_segmentation_export": 3, "folder_with_segs_from_prev_stage": None,
+                         "save_probabilities": True, "overwrite": True, "num_processes_preprocessing": 1,
+                         "num_processes_segmentation_export": 1, "folder_with_segs_from_prev_stage": None,
                          "num_parts": 1, "part_id": 0}
 
 
