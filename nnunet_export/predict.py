@@ -24,6 +24,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -161,7 +162,9 @@ def _from_file(path: Path, tile_step_size, use_mirroring, device: str) -> _Model
     _check_fixed(f"the exported file {str(path)!r}", settings, tile_step_size, use_mirroring)
     if torch.device(device).type != "cpu":
         raise PredictError(kDeviceError.format(device=device))
-    runner = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load; the file is TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        runner = torch.jit.load(str(path), map_location="cpu")
     config = dict(metadata["model_config"])
     return _Model(runner, str(path), config, _dataset_json_from_metadata(config), None)
 
