@@ -292,7 +292,8 @@ class _Progress:
             self.overall.update(1)
 
     def close(self) -> None:
-        self.end_case() if self.case is not None else None
+        if self.case is not None:
+            self.end_case()
         if self.overall is not None:
             self.overall.close()
 

@@ -261,6 +261,18 @@ def test_cli_predicts_a_folder(exported_3d, tmp_path, capsys):
     assert (tmp_path / "out" / "good.nii.gz").is_file()
 
 
+def test_progress_bars(exported_3d, tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    inputs = tmp_path / "in"
+    _good_case(inputs, "a")
+    _good_case(inputs, "b")
+    summary = nnunet_export.predict(exported_3d, inputs, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert summary.ok
+    assert "cases: 100%" in err and "2/2" in err
+    assert "[nnunet-export] a: done in " in err and "[nnunet-export] b: done in " in err
+
+
 def test_array_inputs(exported_3d, tmp_path):
     case = next(c for c in cases_for("3d_fullres") if c.id == "3d_fullres-odd")
     image, spacing = case.image()
