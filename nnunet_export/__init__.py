@@ -30,12 +30,15 @@ from .onnx_export import to_onnx
 from .nnunet_patch import UnsupportedNnUNetError, complete, patch_nnunet, patched_nnunet, unpatch_nnunet
 from .triton import write_triton_repository
 from .pipeline import Pipeline, PipelineInputError, PipelineSettingsError
+from .image_files import ImageFileError
+from .predict import PredictError, PredictionSummary, predict
 
 __all__ = [
     "CheckpointError",
     "ExportError",
     "ExportReport",
     "FoldMismatchError",
+    "ImageFileError",
     "MetadataError",
     "ModelConfig",
     "ModelFolderError",
@@ -46,6 +49,8 @@ __all__ = [
     "PipelineInputError",
     "PipelineSettingsError",
     "PlansError",
+    "PredictError",
+    "PredictionSummary",
     "UnsafeCheckpointError",
     "UnsupportedArchitectureError",
     "UnsupportedNnUNetError",
@@ -56,6 +61,7 @@ __all__ = [
     "load_complete",
     "patch_nnunet",
     "patched_nnunet",
+    "predict",
     "read_checkpoint",
     "read_metadata",
     "read_model_config",

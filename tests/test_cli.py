@@ -218,7 +218,7 @@ def test_help_lists_the_commands_and_each_command_has_its_own(capsys):
     assert (code, err) == (0, "")
     assert out.startswith("usage: nnunet-export [-h] [--version] COMMAND ...\n")
     commands = re.findall(r"^    (\w+) {2,}", out, flags=re.M)
-    assert commands == ["export", "inspect", "triton", "verify"] == list(cli.COMMANDS)
+    assert commands == ["export", "inspect", "predict", "triton", "verify"] == list(cli.COMMANDS)
     assert "'nnunet-export -d 1 -c 3d_fullres -o model.pt'" in " ".join(out.split())
     code, out, err = run(capsys, "export", "--help")
     assert (code, err) == (0, "") and out.startswith("usage: nnunet-export export [-h]") and "-chk CHECKPOINT" in out
@@ -231,7 +231,7 @@ def test_unknown_or_missing_command_exits_2(capsys):
     code, out, err = run(capsys, "exprot", "-o", "x.pt")
     assert (code, out) == (2, "")
     assert err.endswith("nnunet-export: error: argument COMMAND: invalid choice: 'exprot' "
-                        "(choose from 'export', 'inspect', 'triton', 'verify')\n")
+                        "(choose from 'export', 'inspect', 'predict', 'triton', 'verify')\n")
     code, out, err = run(capsys)
     assert (code, out) == (2, "")
     assert err == ("usage: nnunet-export [-h] [--version] COMMAND ...\n"

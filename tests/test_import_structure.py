@@ -11,7 +11,7 @@ PACKAGE_DIR = Path(nnunet_export.__file__).resolve().parent
 # (the public surface) sits above everything.
 LAYERS = [
     ["_core", "_torch_abi"],
-    ["atomic_write", "prefixes", "folds", "checkpoint", "digests", "metadata"],
+    ["atomic_write", "prefixes", "folds", "checkpoint", "digests", "metadata", "image_files", "case_files"],
     ["model_config"],
     ["architectures"],
     ["export_writer", "onnx_format"],
@@ -19,7 +19,7 @@ LAYERS = [
     ["pipeline"],
     ["model"],
     ["loading"],
-    ["export", "onnx_export", "triton"],
+    ["export", "onnx_export", "triton", "predict"],
     ["testing"],
     ["cli", "nnunet_patch", "pytest_plugin", "__main__"],
 ]

@@ -2,7 +2,7 @@
 
 Pinned: `nnunet_export.__all__`, the `inspect.signature` string of every public callable in it,
 the base classes of every public exception, and the public methods (with signatures) of
-NnUNetModel, ModelConfig and ExportReport. When one of these tests fails after an intended
+NnUNetModel, ModelConfig, ExportReport and PredictionSummary. When one of these tests fails after an intended
 change, update the literal here in the same commit and say so in its message.
 """
 from __future__ import annotations
@@ -14,11 +14,12 @@ import pytest
 import nnunet_export
 
 ALL = [
-    "CheckpointError", "ExportError", "ExportReport", "FoldMismatchError", "MetadataError", "ModelConfig",
-    "ModelFolderError", "ModelInfo", "NnUNetModel", "OutputPathError", "Pipeline", "PipelineInputError",
-    "PipelineSettingsError", "PlansError", "UnsafeCheckpointError",
+    "CheckpointError", "ExportError", "ExportReport", "FoldMismatchError", "ImageFileError", "MetadataError",
+    "ModelConfig", "ModelFolderError", "ModelInfo", "NnUNetModel", "OutputPathError", "Pipeline",
+    "PipelineInputError", "PipelineSettingsError", "PlansError", "PredictError", "PredictionSummary",
+    "UnsafeCheckpointError",
     "UnsupportedArchitectureError", "UnsupportedNnUNetError", "VerificationError", "WeightsMismatchError",
-    "__version__", "complete", "load_complete", "patch_nnunet", "patched_nnunet", "read_checkpoint",
+    "__version__", "complete", "load_complete", "patch_nnunet", "patched_nnunet", "predict", "read_checkpoint",
     "read_metadata", "read_model_config", "to_exported_program", "to_onnx", "to_torchscript", "unpatch_nnunet",
     "write_triton_repository",
 ]
@@ -46,6 +47,13 @@ SIGNATURES = {
         "not_scriptable_reason: 'Optional[str]', builder: 'str', weights_mapped: 'bool' = False) -> None"),
     "NnUNetModel": "(network: 'torch.nn.Module', info: 'ModelInfo')",
     "complete": "(predictor) -> 'torch.nn.Module'",
+    "predict": (
+        "(model: 'Any', inputs: 'Any', output_dir: 'Union[str, os.PathLike]', *, folds=None, "
+        "checkpoint_name: 'str' = 'checkpoint_final.pth', configuration: 'Optional[str]' = None, "
+        "tile_step_size: 'Optional[float]' = None, use_mirroring: 'Optional[bool]' = None, "
+        "save_probabilities: 'bool' = False, continue_prediction: 'bool' = False, device: 'str' = 'cpu', "
+        "case_ids: 'Optional[Sequence[str]]' = None, progress: 'Any' = None) -> 'PredictionSummary'"),
+    "PredictionSummary": "(output_dir: 'Path', device: 'str', model: 'str', cases: 'list', seconds: 'float' = 0.0) -> None",
     "load_complete": (
         "(model_dir: 'Union[str, os.PathLike]', folds: 'FoldsArg' = None, "
         "checkpoint_name: 'str' = 'checkpoint_final.pth', device: 'Union[str, torch.device]' = 'cpu', *, "
@@ -91,12 +99,14 @@ EXCEPTION_BASES = {
     "CheckpointError": ("ExportError",),
     "ExportError": ("Exception",),
     "FoldMismatchError": ("ExportError",),
+    "ImageFileError": ("ExportError",),
     "MetadataError": ("ExportError",),
     "ModelFolderError": ("ExportError",),
     "OutputPathError": ("ExportError",),
     "PipelineInputError": ("ExportError",),
     "PipelineSettingsError": ("ExportError",),
     "PlansError": ("ExportError",),
+    "PredictError": ("ExportError",),
     "UnsafeCheckpointError": ("CheckpointError",),
     "UnsupportedArchitectureError": ("ExportError",),
     "UnsupportedNnUNetError": ("ExportError",),
@@ -137,6 +147,7 @@ METHODS = {
     },
     "ModelConfig": {"to_dict": "(self) -> 'Dict[str, Any]'"},
     "ExportReport": {"table": "(self) -> 'str'"},
+    "PredictionSummary": {"table": "(self) -> 'str'"},
 }
 
 

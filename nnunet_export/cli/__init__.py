@@ -6,8 +6,9 @@
     nnunet-export inspect PATH      (a model folder, a checkpoint, or an exported file)
     nnunet-export verify model.pt -m MODEL_FOLDER   (weights and predictions against the model)
     nnunet-export triton -m MODEL_FOLDER -o REPOSITORY [--onnx]   (a Triton model repository)
+    nnunet-export predict -i IMAGES -o OUTPUT -m model.pt   (image files in, nnUNetv2_predict's files out)
 
-One module per subcommand (``export.py``, ``inspect.py``, ``triton.py``, ``verify.py``), each with ``add_parser(subparsers)``
+One module per subcommand (``export.py``, ``inspect.py``, ``predict.py``, ``triton.py``, ``verify.py``), each with ``add_parser(subparsers)``
 and ``run(args) -> int``; a new subcommand is one more module listed in ``COMMANDS``.
 
 Exit codes: 0 success, 1 failure (one-line message; --verbose adds the traceback), 2 usage error.
@@ -20,13 +21,13 @@ import traceback
 from typing import Sequence
 
 from .._core import __version__
-from . import export, inspect, triton, verify
+from . import export, inspect, predict, triton, verify
 from .common import UsageError, one_line
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
 # name -> module; the first one is what a bare `nnunet-export -d ... -o ...` runs.
-COMMANDS = {"export": export, "inspect": inspect, "triton": triton, "verify": verify}
+COMMANDS = {"export": export, "inspect": inspect, "predict": predict, "triton": triton, "verify": verify}
 kDefaultCommand = "export"
 kTopLevel = ("-h", "--help", "--version")
 
