@@ -6,8 +6,9 @@ shipped sample with the EXPORTED file alone (torch.jit.load; no nnU-Net, no mode
 Steps: load_complete (every weight read by the safe C reader) -> model.pipeline() (nnU-Net's
 preprocessing, sliding window with Gaussian and mirroring, export back to the image's geometry)
 -> to_torchscript (written atomically, reloaded and compared with the eager module) ->
-torch.jit.load -> the file's forward(image, spacing) on the image as nnU-Net's NaturalImage2DIO
-reads it -> a PNG overlay and the Dice against the ground truth.
+nnunet_export.predict with the exported file (the image read as nnU-Net's NaturalImage2DIO reads
+it, the segmentation written as nnU-Net writes it) -> a PNG overlay and the Dice against the
+ground truth.
 
 The model (examples/demo_model, written by examples/make_demo_model.py) is a real nnU-Net v2 2D
 model trained by nnU-Net's own trainer on generated disks and squares.
@@ -17,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
@@ -44,7 +43,7 @@ def write_overlay(image, truth, prediction, labels: dict, dices: dict, path: Pat
 
     colours = ListedColormap([(0, 0, 0, 0), (1.0, 0.25, 0.2, 0.55), (0.2, 0.55, 1.0, 0.55)])
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9), dpi=110)
-    titles = ["sample image", "ground truth", "exported model"]
+    titles = ["sample image", "ground truth", "nnunet-export predict"]
     for ax, title, seg in zip(axes, titles, (None, truth, prediction)):
         ax.imshow(image, cmap="gray", interpolation="nearest")
         if seg is not None:
@@ -53,7 +52,7 @@ def write_overlay(image, truth, prediction, labels: dict, dices: dict, path: Pat
         ax.axis("off")
     names = {v: k for k, v in labels.items()}
     summary = ", ".join(f"{names[label]} {d:.3f}" for label, d in dices.items())
-    fig.suptitle(f"nnunet_export demo (TorchScript file, no nnU-Net at inference) - Dice: {summary}")
+    fig.suptitle(f"nnunet_export demo (the exported pipeline file, no nnU-Net at inference) - Dice: {summary}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -83,19 +82,19 @@ def main(argv=None) -> int:
     print("\nexport verification:")
     print(report.table())
 
-    # 2. From here on only the exported file is used. nnU-Net's NaturalImage2DIO reads a grayscale
-    # PNG as (1 channel, 1 slice, y, x) float32 at spacing (999, 1, 1).
-    exported = torch.jit.load(str(exported_path))
+    # 2. From here on only the exported file is used: nnunet_export.predict (what `nnunet-export
+    # predict` runs) reads the PNG as nnU-Net's NaturalImage2DIO does, runs the file's forward
+    # and writes the segmentation nnU-Net would write, atomically.
+    predictions = out / "predictions"
+    summary = nnunet_export.predict(exported_path, [[image_path]], predictions, case_ids=["sample"], progress=False)
+    print()
+    print(summary.table())
+    if summary.failed:
+        raise SystemExit(f"predict failed: {summary.failed[0].error}")
+    print(f"the same from the command line: nnunet-export predict -i FOLDER -o {predictions} -m {exported_path}")
     png = np.asarray(Image.open(image_path).convert("L"))
-    image = torch.from_numpy(png.astype(np.float32))[None, None]
-    spacing = torch.tensor([999.0, 1.0, 1.0], dtype=torch.float64)
-    started = time.perf_counter()
-    with torch.no_grad():
-        prediction = exported(image, spacing)[0].numpy()
-    seconds = time.perf_counter() - started
+    prediction = np.asarray(Image.open(predictions / "sample.png"))
     Image.fromarray(prediction).save(out / "demo_segmentation.png")
-    print(f"\nsegmented {image_path} ({png.shape[0]} x {png.shape[1]}) with {exported_path} in "
-          f"{seconds * 1000:.1f} ms (nnU-Net's preprocessing, sliding window, mirroring and export inside)")
 
     labels = {k: v for k, v in json.loads((model_dir / "dataset.json").read_text())["labels"].items()
               if k != "background"}
