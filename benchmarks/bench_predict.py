@@ -11,9 +11,11 @@ nnU-Net's side is initialize_from_trained_model_folder + predict_from_files
 
 A row is ok when ours is at least 1.5x faster (ratio <= 1/1.5) and its files are identical to
 nnU-Net's: the same case files, every voxel and dtype equal, and the same spacing, origin and
-direction. Peak memory beside nnU-Net's in the notes: resident memory summed over this process
-and its child processes (nnU-Net's workers; ours has none), sampled every 10 ms, growth above the
-level before the run (shared pages count once per process).
+direction. Peak memory beside nnU-Net's in the notes: the proportional set size (PSS: resident
+pages, shared ones divided among the processes mapping them) summed over this process and its
+child processes (nnU-Net's spawned workers, each importing torch; ours has none), sampled every
+10 ms, growth above the level before the run. The process count includes multiprocessing's
+resource tracker once nnU-Net has started it.
 
 Sizes: "tiny" is 4 small CT-like cases (about 30 x 60 x 60 at spacing (2.5, 0.9, 0.9) mm) with
 the tiny 3d_fullres test fixture; "realistic" 6 cases up to 80 x 200 x 200 with the same tiny
@@ -84,22 +86,27 @@ def _descendants(pid: int) -> list:
     return found
 
 
-def _rss(pid: int) -> int:
+def _memory_of(pid: int) -> int:
+    """Proportional set size of `pid` (its resident pages, each shared page divided among the
+    processes that map it), from /proc/PID/smaps_rollup; 0 when the process has ended."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0  # the process ended between listing and reading
+        pass
+    return 0
 
 
-def peak_tree_rss_growth(function) -> tuple:
-    """(peak growth of RSS summed over this process and its descendants while `function` runs,
-    the most descendants seen at once), sampled every SAMPLE_INTERVAL_S."""
+def peak_tree_memory_growth(function) -> tuple:
+    """(peak growth of the memory (PSS) summed over this process and its descendants while
+    `function` runs, the most descendants seen at once), sampled every SAMPLE_INTERVAL_S."""
     me = os.getpid()
 
     def total():
         children = _descendants(me)
-        return _rss(me) + sum(_rss(c) for c in children), len(children)
+        return _memory_of(me) + sum(_memory_of(c) for c in children), len(children)
 
     start, _ = total()
     peak, most = start, 0
@@ -183,8 +190,8 @@ def run(size: str) -> list:
                      "nnunet": median_seconds(baseline, REPEATS[size]),
                      "folder": median_seconds(ours_folder, REPEATS[size])}
             # One more run each under the memory sampler; its files are the ones compared.
-            memory = {"file": peak_tree_rss_growth(ours_file), "nnunet": peak_tree_rss_growth(baseline),
-                      "folder": peak_tree_rss_growth(ours_folder)}
+            memory = {"file": peak_tree_memory_growth(ours_file), "nnunet": peak_tree_memory_growth(baseline),
+                      "folder": peak_tree_memory_growth(ours_folder)}
         finally:
             torch.set_num_threads(threads)
         expected = _segmentations(outputs["nnunet"])
@@ -193,7 +200,7 @@ def run(size: str) -> list:
                      f"({voxels / 1e6:.2f} Mvoxels), {FIXTURE} fold(s) {list(FOLDS)}")
         for kind, model in (("file", "exported file"), ("folder", "model folder")):
             same, note = _compare(_segmentations(outputs[kind]), expected)
-            peak = (f"peak RSS growth {_memory(*memory[kind])} vs nnU-Net {_memory(*memory['nnunet'])}; "
+            peak = (f"peak PSS growth {_memory(*memory[kind])} vs nnU-Net {_memory(*memory['nnunet'])}; "
                     f"{times['nnunet'] / len(cases):.2f} s/case nnU-Net, {times[kind] / len(cases):.2f} s/case ours")
             rows.append(row(BENCHMARK, f"{model}: {described}", times[kind], times["nnunet"], TARGET, same,
                             f"{note}; {peak}"))
