@@ -35,6 +35,7 @@ import torch
 from ._core import ExportError
 from .atomic_write import atomic_output
 from .case_files import Case, cases_from_lists, find_cases, output_files
+from .export_writer import quiet_torchscript
 from .image_files import read_images, reader_writer_name, write_seg
 from .loading import load_complete
 from .metadata import read_metadata
@@ -140,7 +141,14 @@ def _folder_json(model_dir: Optional[str]) -> tuple[Optional[dict], Optional[dic
 
 def _from_pipeline(pipeline: Pipeline, source: str) -> _Model:
     dataset_json, plans_json = _folder_json(pipeline.info.model_dir)
-    return _Model(pipeline, source, _config_dict(pipeline.info.config), dataset_json, plans_json)
+    # Scripted, as an exported file runs: the same code without Python's per-tile overhead
+    # (eager runs a small network's sliding window markedly slower). A network built by a
+    # trainer's own code cannot be scripted and runs eagerly.
+    runner = pipeline
+    if pipeline.info.scriptable:
+        with quiet_torchscript():
+            runner = torch.jit.script(pipeline)
+    return _Model(runner, source, _config_dict(pipeline.info.config), dataset_json, plans_json)
 
 
 def _dataset_json_from_metadata(config: dict) -> dict:
