@@ -222,7 +222,7 @@ def test_predict_from_files_writes_identical_files(nnunet_fixture, tmp_path, pip
 def test_cascade_logits_and_previous_stage_prediction_identical(nnunet_fixture, pipeline_calls):
     fixture = nnunet_fixture("cascade")
     image, spacing = cases_for("3d_fullres")[0].image()
-    previous = (image[0] > np.median(image[0])).astype(np.uint8)
+    previous = (image[:1] > np.median(image[0])).astype(np.int16)  # (1, z, y, x), signed, as read_seg gives it
     plain = nnunet_predictor(fixture.model_dir, (0,), use_mirroring=False)
     expected = plain.predict_single_npy_array(image.copy(), {"spacing": list(spacing)}, previous.copy(), None, True)
     patched = patched_predictor(fixture, (0,), use_mirroring=False)
