@@ -67,8 +67,8 @@ SIGNATURES = {
         "info: nnunet_export.model_info.ModelInfo, settings: dict, "
         "preprocessing: nnunet_export.pipeline.preprocessing.Preprocessing, "
         "export: nnunet_export.pipeline.export_prediction.PredictionExport, image_path_error: str)"),
-    "patch_nnunet": "() -> 'None'",
-    "patched_nnunet": "() -> 'Iterator[None]'",
+    "patch_nnunet": "(pipeline: 'bool' = False) -> 'None'",
+    "patched_nnunet": "(pipeline: 'bool' = False) -> 'Iterator[None]'",
     "read_checkpoint": (
         "(path: 'str | os.PathLike[str]', keys: 'Iterable[str] | None' = None, *, verify_crc: 'bool' = True, "
         "copy: 'bool' = False, threads: 'int | None' = None) -> 'dict[str, Any]'"),
