@@ -29,7 +29,7 @@ import os
 import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ._core import ExportError, ThreadGuard
 from .architectures import EnsembleModule
 from .architectures.weights import checked_weights
 from .digests import weights_sha256
+from .export_writer import quiet_torchscript
 from .loading import load_complete
 from .model import ModelInfo, NnUNetModel, attach_info
 from .model_config import ModelConfig, model_config_from_json
@@ -240,7 +241,7 @@ def _model_from_predictor(predictor) -> NnUNetModel:
     return NnUNetModel(EnsembleModule(folds), _predictor_info(predictor, state_dicts))
 
 
-def _pipeline_for(predictor) -> Optional[Pipeline]:
+def _pipeline_for(predictor) -> Optional[Union[Pipeline, torch.jit.ScriptModule]]:
     """The pipeline that reproduces ``predictor``'s prediction with its current settings (built
     once per network, weights and settings), or None after a PipelineFallbackWarning."""
     device = torch.device(getattr(predictor, "device", "cpu"))
@@ -265,6 +266,10 @@ def _pipeline_for(predictor) -> Optional[Pipeline]:
         info = dataclasses.replace(model.info, mirroring_axes=axes)
         pipeline = build_pipeline(model.network, info, tile_step_size=settings[0], use_gaussian=settings[1],
                                   use_mirroring=settings[2])
+        if info.scriptable:
+            # Scripted, as an exported file runs: the same code without Python's per-tile overhead.
+            with quiet_torchscript():
+                pipeline = torch.jit.script(pipeline)
     except (ExportError, ValueError) as err:
         warnings.warn(kPipelineSettingsWarning.format(reason=err), PipelineFallbackWarning, stacklevel=3)
         return None
@@ -297,7 +302,8 @@ def _predict_single_npy_array(self, input_image, image_properties, segmentation_
                                                       save_or_return_probabilities)
     image = torch.from_numpy(np.array(input_image, dtype=np.float32))  # a copy, as nnU-Net's astype
     with torch.inference_mode():
-        data, properties = pipeline.preprocess(image, [float(s) for s in image_properties["spacing"]])
+        spacing = torch.tensor([float(s) for s in image_properties["spacing"]], dtype=torch.float64)
+        data, properties = pipeline.preprocess(image, spacing)
     logits = _pipeline_logits(pipeline, data)
     # nnU-Net exports with default_num_processes threads, whatever the machine has.
     with ThreadGuard(_nnunet_threads()), torch.inference_mode():

@@ -16,7 +16,6 @@ import torch
 
 import nnunet_export
 from nnunet_export import nnunet_patch
-from nnunet_export.pipeline.module import Pipeline
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from pipeline_reference import nnunet_predictor
@@ -43,19 +42,20 @@ def _always_unpatched():
 
 @pytest.fixture
 def pipeline_calls(monkeypatch):
-    """Counts Pipeline.predict_logits calls and fails on any call of nnU-Net's sliding window."""
+    """Counts the pipeline's predict_logits calls (the patch's one call site) and fails on any
+    call of nnU-Net's sliding window."""
     calls = []
-    original = Pipeline.predict_logits
+    original = nnunet_patch._pipeline_logits
 
-    def counted(self, data):
+    def counted(pipeline, data):
         calls.append(tuple(data.shape))
-        return original(self, data)
+        return original(pipeline, data)
 
     def forbidden(self, *args, **kwargs):
         raise AssertionError("nnU-Net's own sliding window ran")
 
     def arm():
-        monkeypatch.setattr(Pipeline, "predict_logits", counted)
+        monkeypatch.setattr(nnunet_patch, "_pipeline_logits", counted)
         monkeypatch.setattr(nnUNetPredictor, "_internal_predict_sliding_window_return_logits", forbidden)
         return calls
 
@@ -111,6 +111,8 @@ def test_predict_single_npy_array_identical(nnunet_fixture, pipeline_calls, name
         seg = predict_case(patched, image, spacing, probabilities=False)
         assert isinstance(seg, np.ndarray) and np.array_equal(seg, reference[0])
     assert len(calls) == 2 * len(cases)
+    # Read at initialize, our own networks: scripted, as an exported file runs.
+    assert isinstance(patched._nnunet_export_pipeline[3], torch.jit.ScriptModule)
 
 
 def test_a_predictor_initialised_before_the_patch_uses_its_own_networks(nnunet_fixture, pipeline_calls):
