@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import median_seconds, peak_rss_growth, row  # noqa: E402  (puts the repo and tests/ on sys.path)
+from timing import measure, row  # noqa: E402  (puts the repo and tests/ on sys.path)
 
 import nnunet_fixtures  # noqa: E402
 import nnunet_export  # noqa: E402
@@ -86,12 +86,10 @@ def run(size: str) -> list:
         torch.set_num_threads(threads)
         return result
 
-    ours_s = median_seconds(ours_preprocess, REPEATS[size])
-    baseline_s = median_seconds(baseline_preprocess, REPEATS[size])
-    data, properties = ours_preprocess()
-    expected, _, nnunet_properties = baseline_preprocess()
+    ours_s, (data, properties), ours_peak = measure(ours_preprocess, REPEATS[size])
+    baseline_s, (expected, _, nnunet_properties), baseline_peak = measure(baseline_preprocess, REPEATS[size])
     same = tuple(data.shape) == expected.shape and torch.equal(data, torch.from_numpy(expected))
-    memory = _memory_note(peak_rss_growth(ours_preprocess), peak_rss_growth(baseline_preprocess))
+    memory = _memory_note(ours_peak, baseline_peak)
     case = f"CT {list(image.shape[1:])} at {SPACING} mm -> {list(data.shape[1:])} at {config.spacing} (separate z)"
     rows.append(row("preprocess", case, ours_s, baseline_s, TARGET, same,
                     ("bit-identical" if same else "NOT bit-identical") + "; " + memory))
@@ -111,11 +109,11 @@ def run(size: str) -> list:
                 torch.set_num_threads(threads)
                 return result
 
-            ours_s = median_seconds(ours_export, REPEATS[size])
-            baseline_s = median_seconds(baseline_export, REPEATS[size])
-            got, wanted = ours_export().numpy(), baseline_export()
+            ours_s, got, ours_peak = measure(ours_export, REPEATS[size])
+            baseline_s, wanted, baseline_peak = measure(baseline_export, REPEATS[size])
+            got = got.numpy()
             same = got.dtype == wanted.dtype and np.array_equal(got, wanted)
-            memory = _memory_note(peak_rss_growth(ours_export), peak_rss_growth(baseline_export))
+            memory = _memory_note(ours_peak, baseline_peak)
             changed = "" if same else f", {int((got != wanted).sum())} voxels differ"
             rows.append(row("export", f"{classes} classes, logits {list(logits.shape[1:])} -> {list(got.shape)}",
                             ours_s, baseline_s, TARGET, same,

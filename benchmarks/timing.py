@@ -69,6 +69,24 @@ def peak_rss_growth(function: Callable[[], object], interval: float = 0.002) -> 
     return max(peak, _rss_bytes()) - start
 
 
+def measure(function: Callable[[], object], repeats: int) -> tuple[float, object, int]:
+    """(median wall time of `repeats` calls after one untimed warm-up, the last call's result, the
+    peak RSS growth during that last call): time, result and memory from the same runs, for
+    benchmarks whose single call takes minutes."""
+    function()
+    times, result, peak = [], None, 0
+    for index in range(repeats):
+        started = time.perf_counter()
+        if index == repeats - 1:
+            holder = []
+            peak = peak_rss_growth(lambda: holder.append(function()))
+            result = holder[0]
+        else:
+            function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result, peak
+
+
 def row(benchmark: str, case: str, ours_s: float, baseline_s: float, target: float | None,
         correct: bool, notes: str = "") -> dict:
     """One result row. ratio = ours_s / baseline_s (lower is better); with a target, the row is ok
