@@ -29,15 +29,13 @@ import json
 import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import median_seconds, row  # noqa: E402  (puts the repo and tests/ on sys.path)
+from timing import median_seconds, peak_growth, row  # noqa: E402  (puts the repo and tests/ on sys.path)
 
 import nnunet_fixtures  # noqa: E402
 import nnunet_export  # noqa: E402
@@ -103,30 +101,16 @@ def peak_tree_memory_growth(function) -> tuple:
     """(peak growth of the memory (PSS) summed over this process and its descendants while
     `function` runs, the most descendants seen at once), sampled every SAMPLE_INTERVAL_S."""
     me = os.getpid()
+    most = 0
 
-    def total():
+    def total() -> int:
+        nonlocal most
         children = _descendants(me)
-        return _memory_of(me) + sum(_memory_of(c) for c in children), len(children)
+        most = max(most, len(children))
+        return _memory_of(me) + sum(_memory_of(c) for c in children)
 
-    start, _ = total()
-    peak, most = start, 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak, most
-        while not done.is_set():
-            rss, count = total()
-            peak, most = max(peak, rss), max(most, count)
-            time.sleep(SAMPLE_INTERVAL_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        function()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak, total()[0]) - start, most
+    growth = peak_growth(function, total, SAMPLE_INTERVAL_S)
+    return growth, most
 
 
 def _segmentations(folder: Path) -> dict:

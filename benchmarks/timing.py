@@ -41,22 +41,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def peak_rss_growth(function: Callable[[], object], interval: float = 0.002) -> int:
-    """Peak resident memory above the level before the call while `function` runs (bytes),
-    sampled every `interval` seconds from /proc/self/statm. Freed heap is returned to the system
-    first (malloc_trim), so an earlier call's high-water mark does not hide this one's."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    start = _rss_bytes()
+def peak_growth(function: Callable[[], object], read: Callable[[], int], interval: float = 0.002) -> int:
+    """Peak of `read()` (a memory figure in bytes) while `function` runs, minus its value before
+    the call; sampled every `interval` seconds by a background thread."""
+    start = read()
     peak = start
     done = threading.Event()
 
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _rss_bytes())
+            peak = max(peak, read())
             time.sleep(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -66,7 +61,18 @@ def peak_rss_growth(function: Callable[[], object], interval: float = 0.002) -> 
     finally:
         done.set()
         sampler.join()
-    return max(peak, _rss_bytes()) - start
+    return max(peak, read()) - start
+
+
+def peak_rss_growth(function: Callable[[], object], interval: float = 0.002) -> int:
+    """Peak resident memory of this process above the level before the call while `function`
+    runs (bytes), from /proc/self/statm. Freed heap is returned to the system first
+    (malloc_trim), so an earlier call's high-water mark does not hide this one's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return peak_growth(function, _rss_bytes, interval)
 
 
 def measure(function: Callable[[], object], repeats: int) -> tuple[float, object, int]:

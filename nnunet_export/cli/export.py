@@ -15,23 +15,15 @@ import torch
 from ..export import to_exported_program, to_torchscript
 from ..onnx_export import to_onnx
 from ..loading import load_complete
-from .common import UsageError, add_verbose, progress
+from .common import UsageError, add_model_arguments, add_verbose, progress
 
 HELP = "export a trained model (all requested folds) to a verified TorchScript or torch.export file"
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("export", help=HELP, description=HELP[0].upper() + HELP[1:] + ".")
-    where = parser.add_argument_group("model (like nnUNetv2_predict)")
-    where.add_argument("-d", dest="dataset", help="dataset name or id, resolved under $nnUNet_results")
-    where.add_argument("-c", dest="configuration", help="configuration, e.g. 2d, 3d_fullres")
-    where.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer (default nnUNetTrainer)")
-    where.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    where.add_argument("-m", dest="model_folder", help="the <Trainer>__<Plans>__<configuration> folder itself")
-    parser.add_argument("-f", dest="folds", nargs="+", default=None,
-                        help="folds, e.g. 0 1 2 3 4 or all (default: detect like nnU-Net)")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
-                        help="checkpoint file name (default checkpoint_final.pth)")
+    add_model_arguments(parser, title="model (like nnUNetv2_predict)", model_dest="model_folder",
+                        model_help="the <Trainer>__<Plans>__<configuration> folder itself")
     parser.add_argument("-o", dest="output", required=True, help="output file (.pt, .pt2 or .onnx)")
     parser.add_argument("--format", choices=("torchscript", "pt2", "onnx"), default=None,
                         help="output format (default: from the extension, .pt2 -> pt2, .onnx -> onnx, "

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..predict import predict
-from .common import UsageError, add_verbose, progress
+from .common import UsageError, add_model_arguments, add_verbose, progress
 from .export import resolve_model_folder
 
 HELP = "predict a folder of images (nnU-Net's naming) with an exported pipeline file or a model folder"
@@ -25,16 +25,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("predict", help=HELP, description=HELP[0].upper() + HELP[1:] + ".")
     parser.add_argument("-i", dest="input", required=True, help="input folder: CASE_XXXX<file_ending> files")
     parser.add_argument("-o", dest="output", required=True, help="output folder (created if missing)")
-    where = parser.add_argument_group("model (an exported pipeline file, or a model folder like nnUNetv2_predict)")
-    where.add_argument("-m", dest="model", help="an exported pipeline file (.pt) or a model folder")
-    where.add_argument("-d", dest="dataset", help="dataset name or id, resolved under $nnUNet_results")
-    where.add_argument("-c", dest="configuration", help="configuration, e.g. 2d, 3d_fullres")
-    where.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer (default nnUNetTrainer)")
-    where.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", dest="folds", nargs="+", default=None,
-                        help="folds of a model folder, e.g. 0 1 2 3 4 or all (default: detect like nnU-Net)")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
-                        help="checkpoint file name of a model folder (default checkpoint_final.pth)")
+    add_model_arguments(parser, title="model (an exported pipeline file, or a model folder like nnUNetv2_predict)",
+                        model_dest="model", model_help="an exported pipeline file (.pt) or a model folder",
+                        of_what=" of a model folder")
     parser.add_argument("-step_size", dest="step_size", type=float, default=None,
                         help="sliding-window step as a fraction of the patch (default 0.5; an exported file has its own)")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring (test-time augmentation)")

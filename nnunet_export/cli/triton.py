@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..triton import write_triton_repository
-from .common import UsageError, add_verbose, progress
+from .common import UsageError, add_model_arguments, add_verbose, progress
 from .export import resolve_model_folder
 
 HELP = "write a Triton model repository (the pipeline as TorchScript, optionally the network as ONNX)"
@@ -15,16 +15,8 @@ HELP = "write a Triton model repository (the pipeline as TorchScript, optionally
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("triton", help=HELP, description=HELP[0].upper() + HELP[1:] + ".")
-    where = parser.add_argument_group("model (like nnUNetv2_predict)")
-    where.add_argument("-d", dest="dataset", help="dataset name or id, resolved under $nnUNet_results")
-    where.add_argument("-c", dest="configuration", help="configuration, e.g. 2d, 3d_fullres")
-    where.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer (default nnUNetTrainer)")
-    where.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    where.add_argument("-m", dest="model_folder", help="the <Trainer>__<Plans>__<configuration> folder itself")
-    parser.add_argument("-f", dest="folds", nargs="+", default=None,
-                        help="folds, e.g. 0 1 2 3 4 or all (default: detect like nnU-Net)")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
-                        help="checkpoint file name (default checkpoint_final.pth)")
+    add_model_arguments(parser, title="model (like nnUNetv2_predict)", model_dest="model_folder",
+                        model_help="the <Trainer>__<Plans>__<configuration> folder itself")
     parser.add_argument("-o", dest="output", required=True, help="repository folder (new or empty)")
     parser.add_argument("--name", default="nnunet", help="model name in the repository (default nnunet)")
     parser.add_argument("--onnx", action="store_true", help="also NAME_network: the network as ONNX (onnxruntime)")
