@@ -21,9 +21,10 @@ from nnunet_fixtures import get_fixture  # noqa: E402
 from predict_reference import nnunet_predict_folder, read_segmentation, write_case_folder  # noqa: E402
 from preprocessing_cases import cases_for  # noqa: E402
 
-# A few cases per fixture: resampled and not, odd sizes; the 2d fixture also gets a true 2-D file.
+# A few cases per fixture: resampled and not, odd sizes; the 2d fixture also gets a true 2-D file;
+# multifold is a fold ensemble (folds 0, 1, 2 and all).
 CASES = {"3d_fullres": ("native", "aniso_z", "odd"), "regions": ("native", "odd"),
-         "masked": ("native", "aniso_z"), "2d": ("odd", "2d_stack")}
+         "masked": ("native", "aniso_z"), "2d": ("odd", "2d_stack"), "multifold": ("aniso_z",)}
 MAX_PROBABILITY_DIFFERENCE = 1e-6
 
 
