@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .cropping import insert_crop
 from .errors import PipelineInputError
-from .resampling import resample_data, segmentation_from_logits
+from .resampling import resample_logits, segmentation_from_logits
 
 
 class PredictionExport(nn.Module):
@@ -60,8 +60,8 @@ class PredictionExport(nn.Module):
         the probabilities float32 ``(classes, *input shape)``, the segmentation computed from them."""
         logits = self._checked(logits)
         shape, current, original = self._geometry(logits, properties)
-        resampled = resample_data(logits, shape, current, original, self.order, self.order_z,
-                                  self.force_separate_z, self.anisotropy_threshold)
+        resampled = resample_logits(logits, shape, current, original, self.order, self.order_z,
+                                    self.force_separate_z, self.anisotropy_threshold)
         values = resampled.float()
         if len(self.regions_class_order) > 0:
             probabilities = torch.sigmoid(values)

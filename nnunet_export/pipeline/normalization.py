@@ -14,7 +14,6 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .errors import PipelineSettingsError
 from .numpy_reductions import numpy_float32_mean_std
 
 NORMALIZATION_SCHEMES: List[str] = [
@@ -39,16 +38,6 @@ def rgb_range_message(low: float, high: float) -> str:
     """The error text for RGBTo01Normalization given values outside [0, 255]."""
     return ("RGBTo01Normalization expects values in [0, 255] (uint8 RGB images), found values in ["
             + str(low) + ", " + str(high) + "]")
-
-
-def check_normalization_scheme(name: str) -> None:
-    """Raise PipelineSettingsError unless ``name`` is a scheme normalize_channel knows.
-
-    Example:
-        >>> check_normalization_scheme("CTNormalization")
-    """
-    if name not in NORMALIZATION_SCHEMES:
-        raise PipelineSettingsError(unknown_scheme_message(name))
 
 
 def _f32(value: float, like: Tensor) -> Tensor:

@@ -12,10 +12,6 @@ from .errors import PipelineInputError
 from .normalization import normalize_channel
 from .resampling import compute_new_shape, resample_data
 
-# The properties nnU-Net's preprocessor records and its export reads back (scripted code spells
-# them out: TorchScript cannot read module-level strings).
-PROPERTY_KEYS = ("spacing", "shape_before_cropping", "bbox_used_for_cropping",
-                 "shape_after_cropping_and_before_resampling")
 
 
 class Preprocessing(nn.Module):
@@ -126,4 +122,4 @@ def checked_image(image: Tensor, num_channels: int) -> Tensor:
     return image
 
 
-__all__ = ["PROPERTY_KEYS", "Preprocessing", "checked_image", "checked_spacing"]
+__all__ = ["Preprocessing", "checked_image", "checked_spacing"]
