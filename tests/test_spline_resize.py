@@ -88,9 +88,9 @@ def test_chunked_work_gives_the_same_bits(mode, order):
 
 
 @pytest.mark.parametrize("order", [0, 1, 3])
-def test_forked_halves_give_the_eager_and_skimage_bits(order):
-    # Scripted runs the two halves of the output rows on two threads, each half several tap
-    # blocks (32768 elements) long; eager runs the same blocks in turn.
+def test_many_tap_blocks_give_the_skimage_bits(order):
+    # Outputs several tap blocks (32768 elements) long, eager and scripted: the blocking must not
+    # change a bit.
     slices = _image((4, 64, 256), 11 + order)
     expected = np.stack([_reference(s, (100, 300), order) for s in slices])
     for mode in sorted(SCRIPTED):

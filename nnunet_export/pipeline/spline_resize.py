@@ -17,10 +17,9 @@ fused ops), so the results equal scipy's bits. The taps are evaluated in stages 
 axis 0 and multiply by its weight once, then along axis 1, then the last axis), which shares work
 without changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
 
-Scripted, the output rows are split in two halves evaluated on two threads (``torch.jit.fork``;
-every output voxel is computed alone, so the bits do not depend on the split); eager runs them in
-turn. Each op touches at most one cache-sized block, so the halves never nest torch's own
-intra-op threads.
+The output rows are evaluated in cache-sized blocks on the calling thread (every output voxel is
+computed alone, so the bits do not depend on the blocking). No torch.jit.fork: an exported file
+whose inter-op threads were started aborted at process exit in a fresh interpreter.
 
 An equal shape is skimage's copy of the input (scipy's zoom returns early when every factor is 1).
 Only the sign of an exact zero may differ from skimage where the clip meets ``-0.0`` against
@@ -41,8 +40,7 @@ from torch import Tensor
 #: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
 #   32768: the float64 elements of one tap block (256 KiB, stays in a core's cache; at torch's
-#       grain size, so each op runs on its calling thread and the two forked halves of the
-#       output rows (scripted only: eager torch.jit.fork runs inline) do not contend).
+#       grain size, so each op runs on its calling thread and never waits for a busy core).
 
 
 def _tap_block() -> int:
@@ -227,13 +225,7 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     plane = max(coefficients.shape[1] * coefficients.shape[2], new_shape[1] * new_shape[2])
     rows = max(1, min(_tap_block(), chunk_elements) // plane)
     taps = [index0, weight0, index1, weight1, index2, weight2]
-    half = new_shape[0] // 2
-    if torch.jit.is_scripting():
-        future = torch.jit.fork(_taps_3d, coefficients, out, taps, 0, half, rows)
-        _taps_3d(coefficients, out, taps, half, new_shape[0], rows)
-        torch.jit.wait(future)
-    else:
-        _taps_3d(coefficients, out, taps, 0, new_shape[0], rows)
+    _taps_3d(coefficients, out, taps, 0, new_shape[0], rows)
     return torch.clamp(out, image.min(), image.max())
 
 
@@ -300,13 +292,7 @@ def resize_slices_like_skimage(
         rows = max(1, _tap_block() // (new_shape[1] * count))
         part = out.narrow(0, begin, count)
         taps = [index1, weight1, index2, weight2, low, high]
-        half = new_shape[0] // 2
-        if torch.jit.is_scripting():
-            future = torch.jit.fork(_taps_slices, source, part, taps, 0, half, rows)
-            _taps_slices(source, part, taps, half, new_shape[0], rows)
-            torch.jit.wait(future)
-        else:
-            _taps_slices(source, part, taps, 0, new_shape[0], rows)
+        _taps_slices(source, part, taps, 0, new_shape[0], rows)
     return out
 
 
