@@ -368,7 +368,9 @@ def _reader(model: _Model, reader_writer: str, items: list, out: queue.Queue, st
             continue
 
 
-def _error_text(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """The one line a failure is reported with: ExportError/OSError text alone, others with their
+    type (a case's error line here, the command's in the CLI)."""
     lines = str(err).strip().splitlines()
     message = lines[0] if lines else ""
     if isinstance(err, (ExportError, OSError)):
@@ -487,7 +489,7 @@ def predict(model: Any, inputs: Any, output_dir: Union[str, os.PathLike], *, fol
                 bar.line(f"{item.case.case_id}: done in {record.seconds:.2f} s")
             except Exception as err:  # noqa: BLE001 - the case fails, the run goes on
                 record = CaseResult(item.case.case_id, "failed", time.perf_counter() - case_started,
-                                    error=_error_text(err))
+                                    error=error_line(err))
                 bar.line(f"{item.case.case_id}: failed: {record.error}")
             results[index_of[id(item)]] = record
             bar.end_case()

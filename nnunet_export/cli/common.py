@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._core import ExportError
+from ..predict import error_line
 
 
 class UsageError(Exception):
@@ -18,12 +18,8 @@ def progress(line: str) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    """The message printed for a failure: ExportError/OSError text alone, others with their type."""
-    text = str(err).strip().splitlines()
-    message = text[0] if text else ""
-    if isinstance(err, (ExportError, OSError)):
-        return message or type(err).__name__
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+    """The message printed for a failure (the same line predict reports a failed case with)."""
+    return error_line(err)
 
 
 def add_verbose(parser: argparse.ArgumentParser) -> None:
