@@ -11,6 +11,7 @@ from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resam
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunet_export.pipeline import resampling
+from nnunet_export.pipeline.float16_rounding import float16_values
 
 PUBLIC = ["compute_new_shape", "separate_z_axis", "float64_to_float16", "resample_data", "resample_logits",
           "segmentation_from_logits", "_nearest_along_first", "_linear_along_first"]
@@ -114,6 +115,21 @@ def test_float64_to_float16_rounds_as_numpy(impl):
     assert not torch.equal(torch.from_numpy(values).half()[~nan], expected[~nan])
 
 
+@pytest.mark.parametrize("mode", ["eager", "scripted"])
+def test_float16_values_is_the_arithmetic_rounding_of_in_range_values(mode):
+    # The fast path the streamed export uses (float32 out, arithmetic only) on every boundary
+    # case within float16's finite range, against numpy.
+    rng = np.random.default_rng(12)
+    values = np.concatenate([_float16_boundaries(), rng.standard_normal(50000) * 300, rng.standard_normal(50000) * 1e-5])
+    values = values[np.isfinite(values) & (np.abs(values) <= 65504)]
+    expected = torch.from_numpy(values.astype(np.float16)).float()
+    convert = float16_values if mode == "eager" else torch.jit.script(float16_values)
+    got = convert(torch.from_numpy(values))
+    assert got.dtype == torch.float32
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # -0.0 kept too
+    assert int((torch.from_numpy(values).half().float() != expected).sum()) > 1000  # the double rounding it avoids
+
+
 @pytest.mark.parametrize("order_z", [0, 1])
 def test_separate_axis_pass_matches_map_coordinates(impl, order_z):
     along = impl._nearest_along_first if order_z == 0 else impl._linear_along_first
@@ -205,12 +221,48 @@ def test_segmentation_from_logits_matches_nnunet(impl, geometry, regions):
     expected = _nnunet_segmentation(logits, new_shape, current, new, force, order)
     got = impl.segmentation_from_logits(torch.from_numpy(logits), new_shape, current, new, 1, 0, force, THRESHOLD,
                                         order)
-    assert got.dtype == (torch.uint16 if regions else torch.int64)
+    assert got.dtype == (torch.uint16 if regions else torch.uint8)
     assert str(expected.dtype) == ("uint16" if regions else "int64")
     assert torch.equal(got, torch.from_numpy(expected.astype(np.int64)).to(got.dtype))
     if not regions:  # the case really has ties for the first-maximum rule to decide
         resampled = _reference(logits, new_shape, current, new, 1, force)
         assert (np.sort(resampled, axis=0)[-1] == np.sort(resampled, axis=0)[-2]).sum() > 10
+
+
+@pytest.mark.parametrize("regions", [False, True], ids=["labels", "regions"])
+@pytest.mark.parametrize("spacings", [([3.0, 1.0, 1.0], [2.0, 1.3, 1.2]), ([2.0, 1.0, 1.0], [3.2, 0.9, 1.1])],
+                         ids=["z_repeats_slices", "z_skips_slices"])
+def test_streamed_segmentation_over_several_slabs_matches_nnunet(impl, spacings, regions):
+    # 500 x 480 planes: the separate-z export streams 17 read slices per slab, so these run
+    # over two slabs; nearest along z repeats read slices in one case and skips slices in the other.
+    current, new = spacings
+    shape = (21, 500, 480)
+    new_shape = [int(n) for n in nnunet_resampling.compute_new_shape(shape, current, new)]
+    order = [1, 2, 3] if regions else []
+    logits = _logits(3, shape, 8, ties=True)
+    expected = _nnunet_segmentation(logits, new_shape, current, new, None, order)
+    got = impl.segmentation_from_logits(torch.from_numpy(logits), new_shape, current, new, 1, 0, None, THRESHOLD,
+                                        order)
+    assert torch.equal(got, torch.from_numpy(expected.astype(np.int64)).to(got.dtype))
+
+
+def test_non_finite_logits_take_the_exact_path_with_numpys_first_nan(impl):
+    # A separate-z geometry (the streamed path) with nan and inf among the logits: they go to the
+    # general rounding and numpy's argmax rule (first nan wins).
+    shape, current, new, force, new_shape = _geometry("sep_z_current_axis0")
+    logits = _logits(3, shape, 9, ties=False)
+    logits[1, 2, 3:6, 4:7] = np.nan
+    logits[2, 0, 1, 1] = np.inf
+    logits[0, 4, 5, 5] = -np.inf
+    expected = _nnunet_segmentation(logits, new_shape, current, new, force, [])
+    got = impl.segmentation_from_logits(torch.from_numpy(logits), new_shape, current, new, 1, 0, force, THRESHOLD, [])
+    assert torch.equal(got, torch.from_numpy(expected.astype(np.int64)).to(got.dtype))
+    # The resampled float16 logits too (skimage clips a slice holding nan to its nanmin / nanmax).
+    resampled = _reference(logits, new_shape, current, new, 1, force)
+    got_logits = impl.resample_logits(torch.from_numpy(logits), new_shape, current, new, 1, 0, force, THRESHOLD)
+    nan = torch.from_numpy(np.isnan(resampled))
+    assert nan.any() and torch.equal(torch.isnan(got_logits), nan)
+    assert torch.equal(got_logits[~nan].view(torch.int16), torch.from_numpy(resampled)[~nan].view(torch.int16))
 
 
 def test_segmentation_from_logits_region_threshold_and_nan(impl):

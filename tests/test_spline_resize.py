@@ -10,7 +10,7 @@ import torch
 skimage_transform = pytest.importorskip("skimage.transform")
 ndimage = pytest.importorskip("scipy.ndimage")
 
-from nnunet_export.pipeline import spline_resize  # noqa: E402
+from nnunet_export.pipeline import spline_prefilter, spline_resize  # noqa: E402
 from nnunet_export.pipeline.spline_resize import resize_like_skimage, resize_slices_like_skimage  # noqa: E402
 
 SCRIPTED = {
@@ -118,10 +118,55 @@ def test_prefilter_matches_scipy_spline_filter1d(n):
     # small n); the prefilter reproduces that too.
     lines = np.random.default_rng(n).normal(size=(n, 3)) * 10.0
     expected = ndimage.spline_filter1d(lines, 3, axis=0, output=np.float64, mode="nearest")
-    got = spline_resize._prefilter_rows(torch.from_numpy(lines.copy()))
-    scripted = torch.jit.script(spline_resize._prefilter_rows)(torch.from_numpy(lines.copy()))
+    got = spline_prefilter.prefilter_rows(torch.from_numpy(lines.copy()))
+    scripted = torch.jit.script(spline_prefilter.prefilter_rows)(torch.from_numpy(lines.copy()))
     _assert_bits(expected, got)
     _assert_bits(expected, scripted)
+
+
+def _long_lines(n: int) -> np.ndarray:
+    """Lines of length n (the init's shortcut applies past 65) that stress its proof: ordinary
+    values, zeros with a later bump (a zero running sum), a line of zeros, a line of -0.0, zeros
+    of alternating sign, values whose weighted start cancels, subnormals, huge values."""
+    rng = np.random.default_rng(n)
+    lines = rng.normal(size=(n, 9)) * 10.0
+    lines[:, 1] = 0.0
+    lines[n // 2:, 1] = 3.0
+    lines[:, 2] = 0.0
+    lines[:, 3] = -0.0
+    lines[:, 4] = np.where(np.arange(n) % 2 == 0, 0.0, -0.0)
+    z = -0.267949192431122706472553658494127633
+    lines[:, 5] = 1e-3 * rng.normal(size=n)
+    lines[0, 5], lines[1, 5] = 1.0, -1.0 / z  # c[0] + z * c[1] cancels
+    lines[:, 6] = 5e-324 * rng.integers(-3, 4, size=n)
+    lines[:, 7] = 1e300 * rng.normal(size=n)
+    lines[:, 8] = rng.normal(size=n) * 1e-200
+    return lines
+
+
+@pytest.mark.parametrize("n", [66, 100, 131, 536])
+def test_prefilter_init_shortcut_keeps_scipys_bits(n):
+    lines = _long_lines(n)
+    expected = ndimage.spline_filter1d(lines, 3, axis=0, output=np.float64, mode="nearest")
+    largest = float(np.abs(lines).max())
+    for prefilter in (spline_prefilter.prefilter_rows, torch.jit.script(spline_prefilter.prefilter_rows)):
+        _assert_bits(expected, prefilter(torch.from_numpy(lines.copy())))
+        _assert_bits(expected, prefilter(torch.from_numpy(lines.copy()), largest))
+    # A strided view (the slices' middle axis) is filtered in place as well.
+    planes = np.ascontiguousarray(np.stack([lines, lines[::-1].copy()]))
+    expected_planes = ndimage.spline_filter1d(planes, 3, axis=1, output=np.float64, mode="nearest")
+    got = torch.from_numpy(planes.copy())
+    spline_prefilter.prefilter_rows(got.transpose(0, 1))
+    _assert_bits(expected_planes, got)
+
+
+def test_half_values_need_a_float16_range():
+    taps = spline_resize.plane_taps([4, 4], [3, 3], 1, torch.device("cpu"))
+    work = spline_resize.plane_workspace([4, 4], [3, 3], torch.device("cpu"))
+    plane = torch.full([4, 4], 1e6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"resize_plane: half_values needs a clip range within float16's finite "
+                                         r"range, got \[1000000.0, 1000000.0\]"):
+        spline_resize.resize_plane(plane, taps, plane.min(), plane.max(), torch.empty(3, 3), True, work)
 
 
 def test_pole_is_scipys_literal_not_sqrt():

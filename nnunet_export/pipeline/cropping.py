@@ -147,8 +147,39 @@ def bounding_box(mask: Tensor) -> List[List[int]]:
             bbox.append([0, mask.shape[axis]])
         return bbox
     for axis in range(mask.dim()):
-        occupied = torch.nonzero(mask.movedim(axis, 0).reshape(mask.shape[axis], -1).any(1)).view(-1)
+        others: List[int] = []
+        for other in range(mask.dim()):
+            if other != axis:
+                others.append(other)
+        # A reduction over the other axes reads the mask in place (a moved, reshaped copy would
+        # cost a volume-sized allocation per axis).
+        occupied = torch.nonzero(mask.any(others) if len(others) > 0 else mask).view(-1)
         bbox.append([int(occupied[0]), int(occupied[-1]) + 1])
+    return bbox
+
+
+def _nonzero_bounding_box(data: Tensor) -> List[List[int]]:
+    """``bounding_box`` of "any channel nonzero" for real-valued ``data`` (c, *spatial) without a
+    mask: a voxel is nonzero where its max is above 0 or its min below 0 (``-0.0`` is zero, as
+    for ``!= 0``). The max and min over the last axis (and the channels) are a volume read each;
+    every projection comes from those two small maps but the last axis' own, which reduces over
+    the others (read in place, no volume-sized temporary)."""
+    high = torch.amax(data, dim=[0, data.dim() - 1])
+    low = torch.amin(data, dim=[0, data.dim() - 1])
+    rows = (high > 0.0) | (low < 0.0)
+    last = data.dim() - 1
+    leading: List[int] = []
+    for axis in range(last):
+        leading.append(axis)
+    across = (torch.amax(data, dim=leading) > 0.0) | (torch.amin(data, dim=leading) < 0.0)
+    if not bool(across.any()):
+        bbox: List[List[int]] = []
+        for axis in range(1, data.dim()):
+            bbox.append([0, data.shape[axis]])
+        return bbox
+    bbox = bounding_box(rows)
+    occupied = torch.nonzero(across).view(-1)
+    bbox.append([int(occupied[0]), int(occupied[-1]) + 1])
     return bbox
 
 
@@ -170,11 +201,12 @@ def crop_to_nonzero(data: Tensor, need_mask: bool) -> Tuple[Tensor, Tensor, List
         the cropped data (a view of ``data``), the int8 map (1, *cropped spatial) holding 0 inside
         the filled nonzero mask and -1 outside, and the half-open bbox of the spatial axes.
     """
-    nonzero = (data != 0).any(0)
+    if not need_mask:
+        bbox = _nonzero_bounding_box(data)
+        return _crop(data, bbox, 1), torch.empty([0], dtype=torch.int8, device=data.device), bbox
+    nonzero = (data[0] != 0) if data.shape[0] == 1 else (data != 0).any(0)
     bbox = bounding_box(nonzero)
     cropped = _crop(data, bbox, 1)
-    if not need_mask:
-        return cropped, torch.empty([0], dtype=torch.int8, device=data.device), bbox
     inside = _crop(fill_holes(nonzero), bbox, 0)
     seg = torch.where(inside, torch.zeros([1], dtype=torch.int8, device=data.device),
                       torch.full([1], -1, dtype=torch.int8, device=data.device))

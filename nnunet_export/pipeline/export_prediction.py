@@ -106,7 +106,12 @@ class PredictionExport(nn.Module):
         """The cropped segmentation pasted into zeros of the shape before cropping, transposed back."""
         dtype = torch.uint16 if self.wide_labels else torch.uint8
         full_shape, bbox = _crop_geometry(properties)
-        full = insert_crop(segmentation.to(dtype), full_shape, bbox, 0.0)
+        labels = segmentation.to(dtype)
+        # A crop that is the whole image (no zero border) needs no paste: the labels are ours.
+        covered = list(labels.shape) == full_shape
+        for axis in range(len(bbox)):
+            covered = covered and bbox[axis][0] == 0 and bbox[axis][1] == full_shape[axis]
+        full = labels if covered else insert_crop(labels, full_shape, bbox, 0.0)
         return full.permute(self.transpose_backward).contiguous()
 
 

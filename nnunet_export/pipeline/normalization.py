@@ -45,6 +45,12 @@ def _f32(value: float, like: Tensor) -> Tensor:
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
+def _f32_scalar(value: float) -> float:
+    """The same float32 rounding as a Python float: a float32 tensor meets it as that float32
+    value, on the fast scalar path (0-dim tensor operands take a slow broadcasting one)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
 def _divisor(std: float, eps: float) -> float:
     """Python's ``max(std, eps)``: ``std`` unless ``eps > std`` (so a NaN std stays NaN)."""
     if eps > std:
@@ -61,7 +67,7 @@ def _zscore(image: Tensor, mask: Tensor, use_mask: bool) -> Tensor:
         out[mask] = (values - mean) / _f32(_divisor(float(std), eps), image)
         return out
     mean, std = numpy_float32_mean_std(image)
-    return (image - mean) / _f32(_divisor(float(std), eps), image)
+    return (image - float(mean)).div_(_f32_scalar(_divisor(float(std), eps)))
 
 
 def normalize_channel(image: Tensor, seg: Tensor, scheme: str, use_mask_for_norm: bool,
@@ -95,13 +101,15 @@ def normalize_channel(image: Tensor, seg: Tensor, scheme: str, use_mask_for_norm
         [-2.0, 6.0]
     """
     if scheme == "CTNormalization":
-        clipped = torch.clamp(image, _f32(intensity[2], image), _f32(intensity[3], image))
-        return (clipped - _f32(intensity[0], image)) / _f32(_divisor(intensity[1], 1e-8), image)
+        # One new array, then in place: the same float32 operations, without a fresh
+        # volume-sized allocation (and its page faults) per step.
+        clipped = torch.clamp(image, _f32_scalar(intensity[2]), _f32_scalar(intensity[3]))
+        return clipped.sub_(_f32_scalar(intensity[0])).div_(_f32_scalar(_divisor(intensity[1], 1e-8)))
     if scheme == "ZScoreNormalization":
         return _zscore(image, seg >= 0, use_mask_for_norm)
     if scheme == "RescaleTo01Normalization":
         shifted = image - image.min()
-        return shifted / torch.clamp(shifted.max(), min=_f32(1e-8, image))
+        return shifted.div_(torch.clamp(shifted.max(), min=_f32(1e-8, image)))
     if scheme == "RGBTo01Normalization":
         low = float(image.min())
         high = float(image.max())
@@ -109,5 +117,6 @@ def normalize_channel(image: Tensor, seg: Tensor, scheme: str, use_mask_for_norm
             raise RuntimeError(rgb_range_message(low, high))
         return image / _f32(255.0, image)
     if scheme == "NoNormalization":
-        return image.to(torch.float32)
+        # A copy: the result must not alias the caller's image.
+        return image.to(torch.float32).clone()
     raise RuntimeError(unknown_scheme_message(scheme))

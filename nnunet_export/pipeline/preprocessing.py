@@ -2,6 +2,7 @@
 module: transpose_forward, crop to the non-zero region, normalization per channel, resampling to
 the configuration's spacing, in that order and with nnU-Net's dtypes, so the preprocessed data has
 nnU-Net's bits on the CPU."""
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -57,8 +58,9 @@ class Preprocessing(nn.Module):
     def run(self, image: Tensor, spacing: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         spacing_values = checked_spacing(spacing)
         data = checked_image(image, self.num_channels)
-        # run_case_npy: a float32 copy, transposed (the caller's tensor is never written to).
-        data = data.to(torch.float32).clone()
+        # run_case_npy: float32, transposed. Nothing below writes into ``data`` (cropping takes
+        # views, every normalization returns a new tensor), so the caller's image needs no copy.
+        data = data.to(torch.float32)
         data = data.permute([0] + [axis + 1 for axis in self.transpose_forward])
         original_spacing = [spacing_values[axis] for axis in self.transpose_forward]
         shape_before_cropping = list(data.shape[1:])
@@ -76,7 +78,7 @@ class Preprocessing(nn.Module):
         for channel in range(self.num_channels):
             channels.append(normalize_channel(data[channel], mask, self.schemes[channel],
                                               self.use_mask_for_norm[channel], self.intensities[channel]))
-        data = torch.stack(channels)
+        data = channels[0].unsqueeze(0) if len(channels) == 1 else torch.stack(channels)
         data = resample_data(data, new_shape, original_spacing, target, self.order, self.order_z,
                              self.force_separate_z, self.anisotropy_threshold)
         properties: Dict[str, Tensor] = {
@@ -114,9 +116,11 @@ def checked_image(image: Tensor, num_channels: int) -> Tensor:
         raise PipelineInputError(f"image has no voxels: shape {list(image.shape)}")
     if image.dtype == torch.bool or image.is_complex():
         raise PipelineInputError("image must hold real numbers (nnU-Net reads every image as float32)")
-    finite = torch.isfinite(image.to(torch.float32))
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    values = image.to(torch.float32)
+    # The min and max are finite exactly when every value is (both propagate nan): one read of
+    # the image; the elementwise test runs only to count the bad values.
+    if not (math.isfinite(float(values.amin())) and math.isfinite(float(values.amax()))):
+        bad = int((~torch.isfinite(values)).sum())
         raise PipelineInputError(f"image holds {bad} non-finite values (NaN or inf); nnU-Net's normalization would "
                          "spread them over the whole channel")
     return image

@@ -14,12 +14,13 @@ The segmentation is built channel by channel (one channel's float64 resize at a 
 argmax with a strict ``>`` in ascending channel order is numpy's first maximum, and the region
 rule ``sigmoid(float(h)) > 0.5`` on a float16 logit ``h`` is exactly ``h >= 2**-23``.
 """
-import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
-from .spline_resize import resize_like_skimage, resize_slices_like_skimage
+from .float16_rounding import float64_to_float16, stored_as
+from .spline_resize import (plane_taps, resize_like_skimage, resize_slices_into, resize_slices_like_skimage,
+                            slices_workspace)
 
 # Messages are f-strings at the raise: TorchScript cannot call methods of module-level strings.
 
@@ -73,44 +74,27 @@ def separate_z_axis(current_spacing: List[float], new_spacing: List[float],
     return -1
 
 
-def float64_to_float16(values: torch.Tensor) -> torch.Tensor:
-    """Round float64 to float16 once, to nearest even, as numpy's ``astype(float16)`` does
-    (subnormals, overflow to inf, nan included).
-
-    ``.half()`` on float64 rounds through float32, which can land on a float16 midpoint the float64
-    value was not on. Rounding to float32 *to odd* (an inexact result keeps an odd last bit) cannot
-    create such a midpoint, float32 having far more than two bits beyond float16's, so the second
-    rounding is the correct one.
-    """
-    nearest = values.float()
-    error = values - nearest.double()
-    # The last significand bit: frexp's mantissa in [0.5, 1) times 2**24 is the integer significand.
-    # inf and nan give garbage there, harmlessly: their neighbours round to the same float16.
-    # float32 subnormals, whichever neighbour, become a float16 zero.
-    mantissa, _ = torch.frexp(nearest)
-    even = ((mantissa * 16777216.0).to(torch.int32) & 1) == 0
-    # float32 keeps the error's sign even where its magnitude underflows (to a signed zero).
-    toward = torch.nextafter(nearest, torch.copysign(torch.full_like(nearest, math.inf), error.float()))
-    odd = torch.where((error != 0) & even, toward, nearest)
-    return odd.half()
-
-
-def _store(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """What assigning float64 ``values`` into a numpy array of ``dtype`` stores."""
-    if dtype == torch.float16:
-        return float64_to_float16(values)
-    return values.to(dtype)
+def _nearest_index(old_size: int, new_size: int) -> torch.Tensor:
+    """The source index of each output position of ``map_coordinates(order=0, mode='nearest')``
+    along one axis with nnU-Net's coordinates ``scale * (k + 0.5) - 0.5``, ``scale = old / new``."""
+    scale = float(old_size) / float(new_size)
+    coords = scale * (torch.arange(new_size, dtype=torch.float64) + 0.5) - 0.5
+    return torch.floor(coords + 0.5).clamp(0, old_size - 1).to(torch.int64)
 
 
 def _nearest_along_first(values: torch.Tensor, new_size: int) -> torch.Tensor:
-    """``map_coordinates(order=0, mode='nearest')`` along axis 0 with nnU-Net's coordinates
-    ``scale * (k + 0.5) - 0.5``, ``scale = old / new``; the other axes' coordinates are exact
-    integers (scale 1) and pass through."""
-    old_size = values.shape[0]
-    scale = float(old_size) / float(new_size)
-    coords = scale * (torch.arange(new_size, dtype=torch.float64) + 0.5) - 0.5
-    index = torch.floor(coords + 0.5).clamp(0, old_size - 1).to(torch.int64)
-    return values.index_select(0, index)
+    """``map_coordinates(order=0, mode='nearest')`` along axis 0; the other axes' coordinates are
+    exact integers (scale 1) and pass through."""
+    return values.index_select(0, _nearest_index(values.shape[0], new_size))
+
+
+def _slices_read(old_size: int, new_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the source slices the nearest pass along the separate axis reads, ascending; for each
+    output slice its position among them). Only those slices need the in-plane resize."""
+    index = torch.arange(old_size, dtype=torch.int64) if old_size == new_size else _nearest_index(old_size, new_size)
+    first = torch.ones(index.shape, dtype=torch.int64)
+    first[1:] = (index[1:] != index[:-1]).to(torch.int64)
+    return index[first == 1], torch.cumsum(first, 0) - 1
 
 
 def _shifted_up(values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -203,9 +187,65 @@ def resample_data(data: torch.Tensor, new_shape: List[int], current_spacing: Lis
     shape: List[int] = [data.shape[0]]
     shape.extend(new_shape)
     result = torch.empty(shape, dtype=data.dtype)
+    if axis >= 0 and order_z == 0:
+        # Nearest along the separate axis only picks slices: resize just the slices it reads,
+        # each stored in the data's dtype as it is computed.
+        moved = data.movedim(axis + 1, 1)
+        read, position = _slices_read(moved.shape[1], new_shape[axis])
+        in_plane = _in_plane(new_shape, axis)
+        taps = plane_taps([moved.shape[2], moved.shape[3]], in_plane, order, data.device)
+        step = _slab(moved.shape[2] * moved.shape[3], order)
+        work = slices_workspace([moved.shape[2], moved.shape[3]], in_plane, order, min(step, read.shape[0]), data.device)
+        most = min(step, read.shape[0])
+        source = torch.empty([most, moved.shape[2], moved.shape[3]], dtype=torch.float64)
+        planes = torch.empty([most, in_plane[0], in_plane[1]], dtype=data.dtype)
+        for c in range(data.shape[0]):
+            into = result.select(0, c).movedim(axis, 0)
+            for begin in range(0, read.shape[0], step):
+                picked = read[begin:begin + step]
+                slab = source.narrow(0, 0, picked.shape[0])
+                slab.copy_(_read(moved[c], picked))
+                resized = planes.narrow(0, 0, picked.shape[0])
+                resize_slices_into(slab, taps, order, resized, False, work)
+                _place(into, resized, position, begin)
+        return result
     for c in range(data.shape[0]):
-        result[c] = _store(_resample_channel(data[c], new_shape, axis, order, order_z), data.dtype)
+        result[c] = stored_as(_resample_channel(data[c], new_shape, axis, order, order_z), data.dtype)
     return result
+
+
+def _read(slices: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """``slices[picked]`` (ascending indices): a view when they are consecutive."""
+    first = int(picked[0])
+    count = picked.shape[0]
+    if int(picked[-1]) - first + 1 == count:
+        return slices.narrow(0, first, count)
+    return slices.index_select(0, picked)
+
+
+def _place(into: torch.Tensor, resized: torch.Tensor, position: torch.Tensor, begin: int) -> None:
+    """The output slices (along ``into``'s dim 0) whose read slice is one of ``resized``
+    (read slices ``begin ..``): a contiguous run of outputs, since ``position`` ascends."""
+    ours = torch.nonzero((position >= begin) & (position < begin + resized.shape[0])).view(-1)
+    first = int(ours[0])
+    count = ours.shape[0]
+    into.narrow(0, first, count).copy_(resized.index_select(0, position.narrow(0, first, count) - begin))
+
+
+def _in_plane(new_shape: List[int], axis: int) -> List[int]:
+    sizes: List[int] = []
+    for i in range(len(new_shape)):
+        if i != axis:
+            sizes.append(new_shape[i])
+    return sizes
+
+
+def _slab(plane_elements: int, order: int) -> int:
+    """Slices converted to float64 at a time (for order 3 also the batch whose spline coefficients
+    are computed together): about 4 M elements, at least 1. Long rows keep the per-op overhead of
+    the prefilter's recursion small; the slab buffers are allocated once per call and reused
+    (fresh allocations would fault in new pages slab after slab, see ``workspace``)."""
+    return max(1, 4194304 // plane_elements)
 
 
 def resample_logits(logits: torch.Tensor, new_shape: List[int], current_spacing: List[float],
@@ -225,12 +265,13 @@ def segmentation_from_logits(logits: torch.Tensor, new_shape: List[int], current
                              force_separate_z: Optional[bool], threshold: float,
                              regions_class_order: List[int]) -> torch.Tensor:
     """The segmentation nnU-Net's export computes from float16 logits before un-cropping:
-    ``np.argmax`` over the resampled float16 logits (int64), or, with ``regions_class_order``, a
-    uint16 map where each region ``i`` in turn writes ``regions_class_order[i]`` where its logit
-    passes ``sigmoid > 0.5``.
+    ``np.argmax`` over the resampled float16 logits (its values, as uint8, or int16 beyond 256
+    channels), or, with ``regions_class_order``, a uint16 map where each region ``i`` in turn
+    writes ``regions_class_order[i]`` where its logit passes ``sigmoid > 0.5``.
 
-    Channels are resampled one at a time, so no (channels, *new_shape) buffer exists. Ties keep the
-    lowest channel and a nan wins as in numpy (first nan).
+    Channels are resampled one at a time (with separate z and nearest along it, a slab of slices
+    at a time), so no (channels, *new_shape) buffer exists. Ties keep the lowest channel and a nan
+    wins as in numpy (first nan).
 
     Raises:
         ValueError (torch.jit.Error when scripted): as :func:`resample_logits`, or a
@@ -247,7 +288,14 @@ def segmentation_from_logits(logits: torch.Tensor, new_shape: List[int], current
     unchanged = _unchanged(logits, new_shape)
     axis = separate_z_axis(current_spacing, new_spacing, force_separate_z, threshold)
     labels = len(regions_class_order) == 0
-    segmentation = torch.zeros(new_shape, dtype=torch.int64 if labels else torch.uint16)
+    # numpy's argmax is int64; the label map is kept in the smallest dtype that holds every class.
+    label_dtype = torch.uint16 if not labels else (torch.uint8 if channels <= 256 else torch.int16)
+    # Finite logits have a finite min and max (both propagate nan); one fast read of the logits.
+    lowest, highest = torch.aminmax(logits)
+    finite = bool(torch.isfinite(lowest)) and bool(torch.isfinite(highest))
+    if not unchanged and axis >= 0 and order_z == 0 and finite:
+        return _streamed_segmentation(logits, new_shape, axis, order, regions_class_order, label_dtype)
+    segmentation = torch.zeros(new_shape, dtype=label_dtype)
     best = torch.empty([0], dtype=torch.float16)
     for c in range(channels):
         if unchanged:
@@ -265,3 +313,49 @@ def segmentation_from_logits(logits: torch.Tensor, new_shape: List[int], current
             best = torch.where(better, value, best)
             segmentation.masked_fill_(better, c)
     return segmentation
+
+
+def _streamed_segmentation(logits: torch.Tensor, new_shape: List[int], axis: int, order: int,
+                           regions_class_order: List[int], label_dtype: torch.dtype) -> torch.Tensor:
+    """The separate-z, nearest-along-z segmentation of finite logits, a slab of read slices at a
+    time, every class of a slab before the next: each plane's float16 values come straight out of
+    the resize, and the running argmax (or region rule) is plain arithmetic on float32, exact for
+    float16 values: ``clamp(sign(v - best), 0, 1)`` is numpy's strict ``>`` (first maximum kept),
+    and the label is the channel's index where that is 1 (the channels ascend)."""
+    moved = logits.movedim(axis + 1, 1)
+    read, position = _slices_read(moved.shape[1], new_shape[axis])
+    in_plane = _in_plane(new_shape, axis)
+    taps = plane_taps([moved.shape[2], moved.shape[3]], in_plane, order, logits.device)
+    out_shape = [new_shape[axis], in_plane[0], in_plane[1]]
+    segmentation = torch.empty(out_shape, dtype=label_dtype)
+    step = _slab(moved.shape[2] * moved.shape[3], order)
+    regions = len(regions_class_order) > 0
+    work = slices_workspace([moved.shape[2], moved.shape[3]], in_plane, order, min(step, read.shape[0]), logits.device)
+    # One set of slab buffers for the whole volume (reused memory, see _slab).
+    most = min(step, read.shape[0])
+    source = torch.empty([most, moved.shape[2], moved.shape[3]], dtype=torch.float64)
+    values = torch.empty([most, in_plane[0], in_plane[1]], dtype=torch.float32)
+    bests = torch.empty([most, in_plane[0], in_plane[1]], dtype=torch.float32)
+    labels = torch.empty([most, in_plane[0], in_plane[1]], dtype=torch.float32)
+    for begin in range(0, read.shape[0], step):
+        picked = read[begin:begin + step]
+        value = values.narrow(0, 0, picked.shape[0])
+        best = bests.narrow(0, 0, picked.shape[0])
+        label = labels.narrow(0, 0, picked.shape[0])
+        label.zero_()
+        slab = source.narrow(0, 0, picked.shape[0])
+        for c in range(logits.shape[0]):
+            slab.copy_(_read(moved[c], picked))
+            resize_slices_into(slab, taps, order, value, True, work)
+            if regions:
+                # h >= 2**-23 is h > 2**-24 among float16 values: sigmoid(float(h)) > 0.5.
+                passed = torch.sign(value - 5.9604644775390625e-08).clamp_(0.0, 1.0)
+                label.add_((float(regions_class_order[c]) - label).mul_(passed))
+            elif c == 0:
+                best.copy_(value)
+            else:
+                better = torch.sign(value - best).clamp_(0.0, 1.0)
+                torch.maximum(label, better.mul_(float(c)), out=label)
+                torch.maximum(best, value, out=best)
+        _place(segmentation, label, position, begin)
+    return segmentation.movedim(0, axis)

@@ -4,9 +4,8 @@ skimage 0.26 hands the image to ``scipy.ndimage.zoom(image, 1 / (in / out), orde
 grid_mode=True)`` for every order (0 included) and then clips the result to ``[image.min(),
 image.max()]``. scipy 1.17's zoom computes, per output voxel:
 
-* order 3 only: the image padded by 12 voxels with its edge values, then the cubic B-spline
-  prefilter along axes 0, 1, 2 in turn (gain multiply, causal pass with the *reflect* init,
-  anticausal pass), in float64;
+* order 3 only: the spline coefficients (``spline_prefilter``: edge padding by 12, the cubic
+  B-spline prefilter along each axis in turn), in float64;
 * per axis ``zoom = in / out`` and the coordinate ``((k + 0.5) * zoom - 0.5) + pad``, its first tap
   ``floor(cc) - order // 2`` (order 0: ``floor(cc + 0.5)``), the taps' indices clamped to the axis,
   and the spline weights of ``cc - floor(cc)``;
@@ -14,16 +13,20 @@ image.max()]``. scipy 1.17's zoom computes, per output voxel:
 
 Every step below is the same IEEE operation in the same order (separate multiplies and adds, no
 fused ops), so the results equal scipy's bits. The taps are evaluated in stages (gather along
-axis 0 and multiply by its weight once, then along axis 1, then the last axis), which shares work
-without changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
+axis 0 and multiply by its weight once, then along the next axis), which shares work without
+changing any product: gathering ``c * w`` is gathering ``c`` and multiplying by ``w``.
 
-The output rows are evaluated in cache-sized blocks on the calling thread (every output voxel is
-computed alone, so the bits do not depend on the blocking). No torch.jit.fork: an exported file
-whose inter-op threads were started aborted at process exit in a fresh interpreter.
+A 2-D plane is evaluated in blocks of output rows. A block's stage (its rows of ``c * w_axis0``)
+is transposed, so the gather along the last axis copies whole rows and the block's sums build up
+transposed, in cache; the clipped block is stored in the output's dtype (numpy's single rounding
+for float16) as it is written back. Every output voxel is computed alone, so the bits do not
+depend on the blocking. Everything runs on the calling thread's ops (no torch.jit.fork: an
+exported file whose inter-op threads were started aborted at process exit).
 
 An equal shape is skimage's copy of the input (scipy's zoom returns early when every factor is 1).
 Only the sign of an exact zero may differ from skimage where the clip meets ``-0.0`` against
-``0.0`` (``clamp`` and ``np.clip`` agree on every other value); NaN inputs are not supported.
+``0.0`` (``clamp`` and ``np.clip`` agree on every other value). The 2-D slices path clips a slice
+holding nan to its nanmin and nanmax, as skimage does; the 3-D path does not support nan.
 """
 from __future__ import annotations
 
@@ -33,22 +36,23 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from .float16_rounding import float16_values_into, float16_workspace, stored_as
+from .spline_prefilter import slice_coefficients_into, slice_workspace, spline_pad, volume_coefficients
+from .workspace import leading_view
+
 # TorchScript reads no module globals: the constants are literals, named once here.
-#   12: the edge padding scipy's zoom adds before the spline prefilter (_prepad_for_spline_filter).
-#   -0.267949192431122706472553658494127633: the cubic spline's pole as scipy writes it
-#       (get_filter_poles); math.sqrt(3.0) - 2.0 is one ulp away.
 #: Default number of float64 elements one intermediate may hold before the work is chunked (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
-#   32768: the float64 elements of one tap block (256 KiB, stays in a core's cache; at torch's
-#       grain size, so each op runs on its calling thread and never waits for a busy core).
+#   32768: the float64 elements of one 3-D tap block (256 KiB, stays in a core's cache).
+#   65536: the float64 elements of one 2-D plane block (512 KiB with its stage and gather).
 
 
 def _tap_block() -> int:
     return 32768
 
 
-def _spline_pad() -> int:
-    return 12
+def _plane_block() -> int:
+    return 65536
 
 
 def _check_order(order: int) -> None:
@@ -103,43 +107,6 @@ def _axis_taps(in_len: int, out_len: int, order: int, pad: int) -> Tuple[Tensor,
     return index, torch.stack([w0, w1, w2, w3], dim=1)
 
 
-def _prefilter_rows(c: Tensor) -> Tensor:
-    """scipy's cubic spline prefilter (mode 'nearest', i.e. the reflect init of ``ni_splines.c``)
-    along dim 0 of the float64 ``c``, in place: every line at once, each line seeing scipy's
-    operations in scipy's order. Every call touches one slab ``c[i]`` (no whole-tensor
-    temporaries), so a slab below torch's grain size runs on the calling thread. Returns ``c``."""
-    z = -0.267949192431122706472553658494127633
-    gain = (1.0 - z) * (1.0 - 1.0 / z)
-    n = c.shape[0]
-    z_n = math.pow(z, float(n))
-    rows = c.unbind(0)
-    for row in rows:
-        row.mul_(gain)
-    tmp = torch.empty_like(rows[0])
-    # Causal init, accumulated in c[0] as scipy does: c[0] + z^n c[n-1], then for i = 1 .. n-1
-    # z^i (c[i] + z^n c[n-1-i]); at i = n-1, c[n-1-i] is c[0], i.e. the running sum itself.
-    # The powers stay Python floats: scripted torch.tensor(List[float]) and tensor[i] = float
-    # round through float32.
-    acc = rows[0] + rows[n - 1] * z_n
-    z_i = z
-    for i in range(1, n - 1):
-        torch.mul(rows[n - 1 - i], z_n, out=tmp)
-        tmp.add_(rows[i])
-        tmp.mul_(z_i)
-        acc.add_(tmp)
-        z_i = z_i * z
-    acc = acc + (rows[n - 1] + acc * z_n) * z_i
-    rows[0].copy_(acc * (z / (1.0 - z_n * z_n)) + rows[0])
-    for i in range(1, n):
-        torch.mul(rows[i - 1], z, out=tmp)
-        rows[i].add_(tmp)
-    rows[n - 1].mul_(z / (z - 1.0))
-    for i in range(n - 2, -1, -1):
-        torch.sub(rows[i + 1], rows[i], out=tmp)
-        torch.mul(tmp, z, out=rows[i])
-    return c
-
-
 def _accumulate(
     t: Tensor, source: Tensor, index1: Tensor, weight1: Tensor, index2: Tensor, weight2: Tensor
 ) -> None:
@@ -157,16 +124,6 @@ def _accumulate(
             torch.index_select(flat, 0, index2[:, h2], out=gathered)
             gathered.mul_(weight2[:, h2].view(-1, 1))
             flat_t.add_(gathered)
-
-
-def _pad(image: Tensor, axes: List[int]) -> Tensor:
-    """``np.pad(image, 12, mode='edge')`` over ``axes``: one row gather per axis."""
-    padded = image
-    for axis in axes:
-        length = padded.shape[axis]
-        index = torch.arange(-_spline_pad(), length + _spline_pad(), dtype=torch.int64, device=image.device)
-        padded = torch.index_select(padded, axis, index.clamp(0, length - 1))
-    return padded
 
 
 def _device_taps(in_len: int, out_len: int, order: int, pad: int, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -208,16 +165,8 @@ def resize_like_skimage(image: Tensor, new_shape: List[int], order: int, chunk_e
     pad = 0
     coefficients = image.contiguous()
     if order == 3:
-        pad = _spline_pad()
-        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy.
-        # Axis 0, then 1, then 2, each filtered as the leading dim of a contiguous copy; the
-        # (p1, p0, p2) <-> (p2, p1, p0) moves are plain 2-D transposes (torch's fast blocked copy).
-        p0, p1, p2 = image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, image.shape[2] + 2 * pad
-        coefficients = _prefilter_rows(_pad(image, [2, 1, 0]))
-        coefficients = _prefilter_rows(coefficients.permute(1, 0, 2).contiguous())
-        coefficients = _prefilter_rows(coefficients.view(p1 * p0, p2).t().contiguous().view(p2, p1, p0))
-        coefficients = coefficients.view(p2, p1 * p0).t().contiguous().view(p1, p0, p2)
-        coefficients = coefficients.permute(1, 0, 2).contiguous()
+        pad = spline_pad()
+        coefficients = volume_coefficients(image)
     index0, weight0 = _device_taps(image.shape[0], new_shape[0], order, pad, device)
     index1, weight1 = _device_taps(image.shape[1], new_shape[1], order, pad, device)
     index2, weight2 = _device_taps(image.shape[2], new_shape[2], order, pad, device)
@@ -244,20 +193,104 @@ def _taps_3d(coefficients: Tensor, out: Tensor, taps: List[Tensor], first: int, 
     return out
 
 
+
+
+def plane_taps(in_shape: List[int], out_shape: List[int], order: int, device: torch.device) -> List[Tensor]:
+    """The taps of a 2-D resize from ``in_shape`` to ``out_shape`` for :func:`resize_plane`: per
+    axis the indices (order + 1, out) into the (padded, for order 3) plane and the weights, the
+    last axis' weights shaped (order + 1, out, 1) to scale gathered rows."""
+    pad = spline_pad() if order == 3 else 0
+    index0, weight0 = _device_taps(in_shape[0], out_shape[0], order, pad, device)
+    index1, weight1 = _device_taps(in_shape[1], out_shape[1], order, pad, device)
+    return [index0.t().contiguous(), weight0.t().contiguous(), index1.t().contiguous(),
+            weight1.t().contiguous().unsqueeze(2)]
+
+
+def _block_rows(out_width: int, in_width: int) -> int:
+    return max(1, _plane_block() // max(out_width, in_width))
+
+
+def plane_workspace(coefficient_shape: List[int], out_shape: List[int], device: torch.device) -> List[Tensor]:
+    """Flat buffers :func:`resize_plane` reuses block after block and plane after plane, for
+    (padded) planes of ``coefficient_shape`` resized to ``out_shape`` (see ``workspace``)."""
+    width = coefficient_shape[1]
+    rows = _block_rows(out_shape[1], width)
+    block = out_shape[1] * rows
+    work = [torch.empty([block], dtype=torch.float64, device=device),
+            torch.empty([block], dtype=torch.float64, device=device),
+            torch.empty([width * rows], dtype=torch.float64, device=device),
+            torch.empty([width * rows], dtype=torch.float64, device=device)]
+    work.extend(float16_workspace(block, device))
+    return work
+
+
+def resize_plane(coefficients: Tensor, taps: List[Tensor], low: Tensor, high: Tensor, out: Tensor,
+                 half_values: bool, work: List[Tensor], finite: bool = True) -> Tensor:
+    """One 2-D resize into ``out`` (o0, o1, any float dtype): ``coefficients`` is the float64 plane
+    (contiguous; for order 3 its spline coefficients, see ``spline_prefilter``), ``taps`` from
+    :func:`plane_taps`, every value clipped to ``[low, high]`` (0-dim tensors: the input plane's
+    min and max) and stored as numpy stores float64 into ``out``'s dtype. ``half_values``: store
+    the float16 rounding instead, into a float32 ``out`` (``[low, high]`` must lie within
+    float16's finite range). ``work``: :func:`plane_workspace`. ``finite``: every value of the
+    plane is finite (False: nan or inf present, the general float16 rounding is used). Returns
+    ``out``."""
+    index0, weight0, index1, weight1 = taps[0], taps[1], taps[2], taps[3]
+    o0, o1 = out.shape[0], out.shape[1]
+    width = coefficients.shape[1]
+    rows = _block_rows(o1, width)
+    # Python-float bounds: clamp with tensor bounds takes a slow broadcasting path.
+    lowest = float(low)
+    highest = float(high)
+    # Clipped to a finite range inside float16's: the fast exact float16 rounding applies.
+    in_range = finite and math.isfinite(lowest) and math.isfinite(highest) and max(abs(lowest), abs(highest)) <= 65504.0
+    if half_values and not in_range:
+        raise ValueError("resize_plane: half_values needs a clip range within float16's finite range, "
+                         f"got [{lowest}, {highest}]")
+    rounding = half_values or (out.dtype == torch.float16 and in_range)
+    for begin in range(0, o0, rows):
+        count = min(rows, o0 - begin)
+        t = leading_view(work[0], [o1, count])
+        gathered = leading_view(work[1], [o1, count])
+        across = leading_view(work[2], [width, count])
+        stage = leading_view(work[3], [count, width])
+        t.zero_()
+        for h0 in range(index0.shape[0]):
+            # Rows gathered whole (fast), then transposed so the next gather copies rows too.
+            torch.index_select(coefficients, 0, index0[h0, begin:begin + count], out=stage)
+            stage.mul_(weight0[h0, begin:begin + count].view(-1, 1))
+            across.copy_(stage.t())
+            for h1 in range(index1.shape[0]):
+                torch.index_select(across, 0, index1[h1], out=gathered)
+                gathered.mul_(weight1[h1])
+                t.add_(gathered)
+        t.clamp_(lowest, highest)
+        target = out.narrow(0, begin, count)
+        if rounding:
+            target.copy_(float16_values_into(t, work[4:]).t())
+        else:
+            target.copy_(stored_as(t, out.dtype).t())
+    return out
+
+
 def resize_slices_like_skimage(
-    slices: Tensor, new_shape: List[int], order: int, chunk_elements: int = 4194304
+    slices: Tensor, new_shape: List[int], order: int, chunk_elements: int = 2097152,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Every ``slices[i]`` resized to ``new_shape`` as ``resize_like_skimage`` would, each clipped to
-    its own min and max (nnU-Net's separate-z path), bit for bit; slices are processed in chunks.
+    its own min and max (nnU-Net's separate-z path), bit for bit, stored in ``dtype`` as numpy
+    stores the float64 result into an array of that dtype (float16: one rounding).
 
     Args:
         slices: float64 tensor (n, a, b).
         new_shape: the in-plane output size [a', b'] (each >= 1).
         order: spline order, 0, 1 or 3.
-        chunk_elements: as for ``resize_like_skimage``; slices are processed in batches.
+        chunk_elements: the spline coefficients (order 3) are computed for batches of slices
+            below it (2 M: each batch's temporaries stay below glibc's 32 MiB mmap ceiling, so
+            they reuse heap memory instead of faulting in fresh pages).
+        dtype: the output's dtype (float64, float32 or float16).
 
     Returns:
-        float64 tensor (n, a', b').
+        tensor (n, a', b') of ``dtype``.
 
     Raises:
         ValueError: as ``resize_like_skimage``, for a tensor that is not 3-D or a shape that is not
@@ -266,44 +299,54 @@ def resize_slices_like_skimage(
     _check_order(order)
     _check_image(slices, 3, new_shape, "resize_slices_like_skimage")
     if list(slices.shape[1:]) == new_shape:
-        return slices.clone()
+        return stored_as(slices, dtype) if dtype != torch.float64 else slices.clone()
     n = slices.shape[0]
     device = slices.device
-    pad = _spline_pad() if order == 3 else 0
-    index1, weight1 = _device_taps(slices.shape[1], new_shape[0], order, pad, device)
-    index2, weight2 = _device_taps(slices.shape[2], new_shape[1], order, pad, device)
-    p1 = slices.shape[1] + 2 * pad
-    p2 = slices.shape[2] + 2 * pad
-    batch = max(1, chunk_elements // max(p1 * p2, new_shape[0] * new_shape[1]))
-    out = torch.empty([n, new_shape[0], new_shape[1]], dtype=torch.float64, device=device)
+    taps = plane_taps([slices.shape[1], slices.shape[2]], new_shape, order, device)
+    out = torch.empty([n, new_shape[0], new_shape[1]], dtype=dtype, device=device)
+    batch = n
+    if order == 3:
+        batch = max(1, chunk_elements // ((slices.shape[1] + 2 * spline_pad()) * (slices.shape[2] + 2 * spline_pad())))
+    work = slices_workspace([slices.shape[1], slices.shape[2]], new_shape, order, min(batch, n), device)
     for begin in range(0, n, batch):
         count = min(batch, n - begin)
-        chunk = slices[begin:begin + count]
-        # (a, b, B) is a plain 2-D transpose of the slices (torch's fast blocked copy).
-        source = chunk.contiguous().view(count, -1).t().contiguous().view(slices.shape[1], slices.shape[2], count)
-        if order == 3:
-            # (p1, p2, B): filter axis p1; (p2, p1, B): filter axis p2 and gather from there.
-            source = _prefilter_rows(_pad(source, [1, 0]))
-        source = source.permute(1, 0, 2).contiguous()
-        if order == 3:
-            source = _prefilter_rows(source)
-        low = chunk.amin(dim=[1, 2]).view(count, 1, 1)
-        high = chunk.amax(dim=[1, 2]).view(count, 1, 1)
-        rows = max(1, _tap_block() // (new_shape[1] * count))
-        part = out.narrow(0, begin, count)
-        taps = [index1, weight1, index2, weight2, low, high]
-        _taps_slices(source, part, taps, 0, new_shape[0], rows)
+        resize_slices_into(slices.narrow(0, begin, count), taps, order, out.narrow(0, begin, count), False, work)
     return out
 
 
-def _taps_slices(source: Tensor, out: Tensor, taps: List[Tensor], first: int, end: int, rows: int) -> Tensor:
-    """Output rows ``first .. end - 1`` of every slice in ``out`` (count, a', b') from the
-    coefficients ``source`` (p2, p1, count), ``rows`` at a time, each slice clipped to
-    ``[low, high]``; ``taps`` is [index1, weight1, index2, weight2, low, high]. Returns ``out``."""
-    index1, weight1, index2, weight2, low, high = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5]
-    for row in range(first, end, rows):
-        nrows = min(rows, end - row)
-        t = torch.zeros([out.shape[2], nrows, out.shape[0]], dtype=torch.float64, device=out.device)
-        _accumulate(t, source, index1[row:row + nrows], weight1[row:row + nrows], index2, weight2)
-        out[:, row:row + nrows] = torch.clamp(t.permute(2, 1, 0), low, high)
+def resize_slices_into(slices: Tensor, taps: List[Tensor], order: int, out: Tensor, half_values: bool,
+                       work: List[Tensor]) -> Tensor:
+    """Every float64 ``slices[i]`` (B, a, b) resized into ``out[i]`` with ``taps`` from
+    :func:`plane_taps` and ``work`` from :func:`slices_workspace`, clipped to its own min and
+    max, stored as :func:`resize_plane` stores (``half_values``: float16 values into a float32
+    ``out``). Returns ``out``."""
+    chunk = slices.contiguous()
+    low = chunk.amin(dim=[1, 2])
+    high = chunk.amax(dim=[1, 2])
+    # amin / amax propagate nan: a plane is finite exactly when both are.
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    if bool(torch.isnan(low).any()):
+        # skimage clips to nanmin / nanmax when the slice holds nan (nan itself where all are).
+        low = torch.where(torch.isnan(chunk), float("inf"), chunk).amin(dim=[1, 2])
+        high = torch.where(torch.isnan(chunk), float("-inf"), chunk).amax(dim=[1, 2])
+        empty = torch.isinf(low) & torch.isinf(high) & (low > high)
+        low = torch.where(empty, float("nan"), low)
+        high = torch.where(empty, float("nan"), high)
+    coefficients = chunk
+    if order == 3:
+        magnitude = max(float(high.max()), -float(low.min()))
+        coefficients = slice_coefficients_into(chunk, work[12:], magnitude)
+    for s in range(chunk.shape[0]):
+        resize_plane(coefficients[s], taps, low[s], high[s], out[s], half_values, work, bool(finite[s]))
     return out
+
+
+def slices_workspace(in_plane: List[int], out_plane: List[int], order: int, batch: int,
+                     device: torch.device) -> List[Tensor]:
+    """Buffers for :func:`resize_slices_into` on up to ``batch`` slices of ``in_plane``: the
+    plane workspace, and for order 3 the spline coefficients' buffers."""
+    if order != 3:
+        return plane_workspace(in_plane, out_plane, device)
+    work = plane_workspace([in_plane[0] + 2 * spline_pad(), in_plane[1] + 2 * spline_pad()], out_plane, device)
+    work.extend(slice_workspace(batch, in_plane[0], in_plane[1], device))
+    return work
