@@ -103,13 +103,10 @@ def float64_to_float16(values: Tensor) -> Tensor:
     return _any_float64_to_float16(values)
 
 
-def stored_as(values: Tensor, dtype: torch.dtype, within_float16_range: bool = False) -> Tensor:
+def stored_as(values: Tensor, dtype: torch.dtype) -> Tensor:
     """What assigning float64 ``values`` into a numpy array of ``dtype`` stores (float16 rounded
-    once; every other dtype converts directly, as numpy does). ``within_float16_range``: the
-    caller knows every value is finite with ``|v| <= 65504`` (skips the range check)."""
+    once; every other dtype converts directly, as numpy does)."""
     if dtype == torch.float16:
-        if within_float16_range:
-            return _finite_float64_to_float16(values)
         return float64_to_float16(values)
     return values.to(dtype)
 

@@ -135,11 +135,7 @@ def _resample_channel(channel: torch.Tensor, new_shape: List[int], axis: int, or
     image = channel.to(torch.float64)
     if axis < 0:
         return resize_like_skimage(image, new_shape, order)
-    in_plane: List[int] = []
-    for i in range(len(new_shape)):
-        if i != axis:
-            in_plane.append(new_shape[i])
-    slices = resize_slices_like_skimage(image.movedim(axis, 0).contiguous(), in_plane, order)
+    slices = resize_slices_like_skimage(image.movedim(axis, 0).contiguous(), _in_plane(new_shape, axis), order)
     if slices.shape[0] != new_shape[axis]:
         slices = _along_first(slices, new_shape[axis], order_z)
     return slices.movedim(0, axis)
@@ -194,7 +190,7 @@ def resample_data(data: torch.Tensor, new_shape: List[int], current_spacing: Lis
         read, position = _slices_read(moved.shape[1], new_shape[axis])
         in_plane = _in_plane(new_shape, axis)
         taps = plane_taps([moved.shape[2], moved.shape[3]], in_plane, order, data.device)
-        step = _slab(moved.shape[2] * moved.shape[3], order)
+        step = _slab(moved.shape[2] * moved.shape[3])
         work = slices_workspace([moved.shape[2], moved.shape[3]], in_plane, order, min(step, read.shape[0]), data.device)
         most = min(step, read.shape[0])
         source = torch.empty([most, moved.shape[2], moved.shape[3]], dtype=torch.float64)
@@ -240,7 +236,7 @@ def _in_plane(new_shape: List[int], axis: int) -> List[int]:
     return sizes
 
 
-def _slab(plane_elements: int, order: int) -> int:
+def _slab(plane_elements: int) -> int:
     """Slices converted to float64 at a time (for order 3 also the batch whose spline coefficients
     are computed together): about 4 M elements, at least 1. Long rows keep the per-op overhead of
     the prefilter's recursion small; the slab buffers are allocated once per call and reused
@@ -328,7 +324,7 @@ def _streamed_segmentation(logits: torch.Tensor, new_shape: List[int], axis: int
     taps = plane_taps([moved.shape[2], moved.shape[3]], in_plane, order, logits.device)
     out_shape = [new_shape[axis], in_plane[0], in_plane[1]]
     segmentation = torch.empty(out_shape, dtype=label_dtype)
-    step = _slab(moved.shape[2] * moved.shape[3], order)
+    step = _slab(moved.shape[2] * moved.shape[3])
     regions = len(regions_class_order) > 0
     work = slices_workspace([moved.shape[2], moved.shape[3]], in_plane, order, min(step, read.shape[0]), logits.device)
     # One set of slab buffers for the whole volume (reused memory, see _slab).
