@@ -185,12 +185,6 @@ def slice_coefficients_into(slices: Tensor, work: List[Tensor], magnitude: float
     return padded
 
 
-def slice_coefficients(slices: Tensor) -> Tensor:
-    """:func:`slice_coefficients_into` with buffers of its own."""
-    work = slice_workspace(slices.shape[0], slices.shape[1], slices.shape[2], slices.device)
-    return slice_coefficients_into(slices, work, -1.0)
-
-
 def volume_coefficients(image: Tensor) -> Tensor:
     """The spline coefficients of the float64 3-D ``image``: padded, filtered along axes 0, 1, 2
     in turn, (d0 + 24, d1 + 24, d2 + 24), contiguous. Each axis is filtered as the leading dim of
@@ -204,5 +198,5 @@ def volume_coefficients(image: Tensor) -> Tensor:
     return coefficients.permute(1, 0, 2).contiguous()
 
 
-__all__ = ["pad_edges", "prefilter_rows", "slice_coefficients", "slice_coefficients_into", "slice_workspace",
+__all__ = ["pad_edges", "prefilter_rows", "slice_coefficients_into", "slice_workspace",
            "spline_pad", "volume_coefficients"]

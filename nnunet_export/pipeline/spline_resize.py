@@ -210,6 +210,12 @@ def _block_rows(out_width: int, in_width: int) -> int:
     return max(1, _plane_block() // max(out_width, in_width))
 
 
+def _plane_buffers() -> int:
+    """How many buffers :func:`plane_workspace` makes: four for the taps, then float16_workspace's
+    eight (anything after them belongs to the caller)."""
+    return 12
+
+
 def plane_workspace(coefficient_shape: List[int], out_shape: List[int], device: torch.device) -> List[Tensor]:
     """Flat buffers :func:`resize_plane` reuses block after block and plane after plane, for
     (padded) planes of ``coefficient_shape`` resized to ``out_shape`` (see ``workspace``)."""
@@ -335,7 +341,7 @@ def resize_slices_into(slices: Tensor, taps: List[Tensor], order: int, out: Tens
     coefficients = chunk
     if order == 3:
         magnitude = max(float(high.max()), -float(low.min()))
-        coefficients = slice_coefficients_into(chunk, work[12:], magnitude)
+        coefficients = slice_coefficients_into(chunk, work[_plane_buffers():], magnitude)
     for s in range(chunk.shape[0]):
         resize_plane(coefficients[s], taps, low[s], high[s], out[s], half_values, work, bool(finite[s]))
     return out
